@@ -1,0 +1,3 @@
+from instructglm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The ``instructglm`` command: a thin layer that maps each subcommand to one plain function.
+
+Every subcommand's options come from its config dataclass (``--kebab-case`` flags, the seeds'
+``--snake_case`` names as aliases). ``train`` also takes a YAML file and ``key=value`` overrides.
+User mistakes (``UserError``) print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from instructglm import __version__
+from instructglm.config import add_arguments, load_config
+from instructglm.errors import UserError
+
+
+def _convert(args) -> Any:
+    from instructglm.data.convert import ConvertConfig, convert_files
+
+    cfg = load_config(ConvertConfig, flags=_flags(args, ConvertConfig))
+    result = convert_files(cfg)
+    print(f"wrote {result['records']} records to {result['output']}")
+    return result
+
+
+def _tokenize(args) -> Any:
+    from instructglm.data.tokenize import TokenizeConfig, tokenize_file
+
+    cfg = load_config(TokenizeConfig, flags=_flags(args, TokenizeConfig))
+    stats = tokenize_file(cfg)
+    print(f"{stats['rows_out']} rows written to {cfg.output} ({stats['rows_skipped']} skipped, "
+          f"{stats['rows_truncated']} truncated); lengths {stats['length_after']}")
+    return stats
+
+
+def _train(args) -> Any:
+    from instructglm.train.trainer import TrainConfig, train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides, _flags(args, TrainConfig))
+    result = train(cfg)
+    last = result["logs"][-1]["loss"] if result["logs"] else float("nan")
+    print(f"trained {result['steps']} steps, final loss {last:.4f}; adapter in {result['output_dir']}")
+    return result
+
+
+def _infer(args) -> Any:
+    from instructglm.infer.generate import InferConfig, infer
+
+    cfg = load_config(InferConfig, flags=_flags(args, InferConfig))
+    result = infer(cfg)
+    print(f"wrote {result['records']} predictions to {result['output']} (template {result['template']})")
+    return result
+
+
+def _merge(args) -> Any:
+    from instructglm.merge.merge import MergeConfig, merge
+
+    cfg = load_config(MergeConfig, flags=_flags(args, MergeConfig))
+    result = merge(cfg)
+    print(f"merged model written to {result['output']} "
+          f"(max |logit diff| vs base+adapter: {result['max_abs_logit_diff']:.2e})")
+    return result
+
+
+def _demo(args) -> Any:
+    from instructglm.demo import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, flags=_flags(args, DemoConfig))
+    return run_demo(cfg)
+
+
+def _flags(args: argparse.Namespace, cls) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from instructglm.data.convert import ConvertConfig
+    from instructglm.data.tokenize import TokenizeConfig
+    from instructglm.demo import DemoConfig
+    from instructglm.infer.generate import InferConfig
+    from instructglm.merge.merge import MergeConfig
+    from instructglm.train.trainer import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="instructglm", description="Instruction-tune causal language models, "
+                                     "offline: convert -> tokenize -> train -> infer -> merge.")
+    parser.add_argument("--version", action="version", version=f"instructglm {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, func: Callable, cls, help_text: str, positional: tuple[str, ...] = ()):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for pos in positional:
+            if pos == "inputs":
+                p.add_argument("inputs", nargs="+", metavar="IN", help="input files or glob patterns")
+            else:
+                p.add_argument(pos, nargs="?", default=None, help=f"{pos} (or --{pos})")
+        add_arguments(p, cls, skip=positional)
+        p.set_defaults(func=func)
+        return p
+
+    command("convert", _convert, ConvertConfig, "convert dataset files to canonical JSONL", ("inputs",))
+    tok = command("tokenize", _tokenize, TokenizeConfig, "tokenize canonical JSONL into a training dataset")
+    tok.add_argument("input_pos", nargs="?", metavar="IN.jsonl", help="canonical JSONL file")
+    train = command("train", _train, TrainConfig, "fine-tune a model (LoRA)")
+    train.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
+    train.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
+    command("infer", _infer, InferConfig, "generate answers for a data file")
+    command("merge", _merge, MergeConfig, "fold a LoRA adapter into the base model")
+    command("demo", _demo, DemoConfig, "tune the embedded model on the embedded data and show before/after")
+    return parser
+
+
+def _fix_positionals(args: argparse.Namespace) -> None:
+    if getattr(args, "input_pos", None):
+        if getattr(args, "input", None):
+            raise UserError("give the input file once (positional or --input)")
+        args.input = args.input_pos
+    if args.command == "train" and args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        _fix_positionals(args)
+        args.func(args)
+    except UserError as e:
+        print(f"instructglm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"instructglm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

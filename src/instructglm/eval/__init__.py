@@ -1,0 +1,1 @@
+"""eval stage: metrics over predictions."""
