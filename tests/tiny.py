@@ -34,7 +34,7 @@ def make_config(arch: str, vocab_size: int):
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if arch == "llama":
         return tf.LlamaConfig(**common, tie_word_embeddings=False)

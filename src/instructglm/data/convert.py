@@ -80,9 +80,12 @@ FORMATS: dict[str, Format] = {
 
 
 def detect_format(path: Path, samples: list[dict]) -> Format:
-    for fmt in FORMATS.values():
-        if samples and all(isinstance(s, dict) and fmt.detect(s) for s in samples):
-            return fmt
+    """The format that matches most of the first records (a malformed record among them is then
+    reported by the reader with its line, instead of failing detection)."""
+    votes = {name: sum(isinstance(s, dict) and fmt.detect(s) for s in samples) for name, fmt in FORMATS.items()}
+    best = max(votes, key=votes.get) if votes else None
+    if best and votes[best] > 0:
+        return FORMATS[best]
     keys = sorted(samples[0]) if samples and isinstance(samples[0], dict) else []
     raise UserError(f"{path}: cannot detect the dataset format (first record's keys: {keys}); "
                     f"known formats: {', '.join(FORMATS)}; use --format NAME")
