@@ -1,6 +1,8 @@
 """Answer-level metrics that work for Chinese and English alike.
 
-* exact match after normalisation (case, surrounding whitespace and punctuation, inner spacing),
+* exact match: the answer equals the reference once surrounding whitespace is stripped (case and
+  punctuation count: "GOOD MORNING" is not "good morning"),
+* normalised exact match: also ignoring case, surrounding punctuation and inner spacing,
 * character-level F1 (bag of non-space characters), a forgiving overlap score that needs no word
   segmentation, so it treats Chinese and English the same way.
 """
@@ -21,6 +23,10 @@ def normalize(text: str) -> str:
 
 
 def exact_match(prediction: str, reference: str) -> float:
+    return float((prediction or "").strip() == (reference or "").strip())
+
+
+def normalized_exact_match(prediction: str, reference: str) -> float:
     return float(normalize(prediction) == normalize(reference))
 
 
@@ -35,10 +41,11 @@ def char_f1(prediction: str, reference: str) -> float:
 
 
 def score(rows: list[dict], key: str) -> dict:
-    """Mean exact match and char F1 (in percent) of ``row[key]`` against ``row['reference']``."""
+    """Mean exact match, normalised exact match and char F1 (percent) of ``row[key]`` vs ``row['reference']``."""
     rows = [r for r in rows if r.get(key) is not None and r.get("reference") is not None]
-    if not rows:
-        return {"n": 0, "exact_match": 0.0, "char_f1": 0.0}
-    em = sum(exact_match(r[key], r["reference"]) for r in rows) / len(rows)
-    f1 = sum(char_f1(r[key], r["reference"]) for r in rows) / len(rows)
-    return {"n": len(rows), "exact_match": round(100 * em, 1), "char_f1": round(100 * f1, 1)}
+    metrics = {"exact_match": exact_match, "normalized_exact_match": normalized_exact_match, "char_f1": char_f1}
+    result = {"n": len(rows)}
+    for name, fn in metrics.items():
+        value = sum(fn(r[key], r["reference"]) for r in rows) / len(rows) if rows else 0.0
+        result[name] = round(100 * value, 1)
+    return result

@@ -339,6 +339,9 @@ def train(cfg: TrainConfig) -> dict:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
                 writer.add_scalar(f"train/{key}", record[key], step)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            if bar.disable:  # no terminal: a plain log line instead of the progress bar
+                log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.2f  %.0f tokens/s", step, total_steps,
+                         record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
             window = {k: 0 for k in window}
         state["step"] = step
         if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
