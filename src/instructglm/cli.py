@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("convert", _convert, ConvertConfig, "convert dataset files to canonical JSONL", ("inputs",))
     tok = command("tokenize", _tokenize, TokenizeConfig, "tokenize canonical JSONL into a training dataset")
     tok.add_argument("input_pos", nargs="?", metavar="IN.jsonl", help="canonical JSONL file")
-    train = command("train", _train, TrainConfig, "fine-tune a model (LoRA)")
+    train = command("train", _train, TrainConfig, "fine-tune a model (LoRA, P-Tuning v2, Freeze, full)")
     train.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
     train.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
     command("infer", _infer, InferConfig, "generate answers for a data file")

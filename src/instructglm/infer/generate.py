@@ -55,22 +55,18 @@ def choose_template(requested: str | None, info: dict) -> str:
     return requested or trained or "alpaca"
 
 
-def load_for_inference(model: str, adapter: str | None):
-    """(model, tokenizer) with the adapter attached, in eval mode."""
+def load_for_inference(model: str, adapter: str | None, trust_remote_code: bool = False):
+    """(model, tokenizer, base_path) with the trained weights of ``adapter`` attached, in eval mode."""
     from instructglm.models import load_model, load_tokenizer, resolve_model
+    from instructglm.train.methods import get_method
 
     path = resolve_model(model)
-    tokenizer = load_tokenizer(path)
-    base = load_model(path)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    loaded = load_model(path, trust_remote_code=trust_remote_code)
     if adapter:
-        from peft import PeftModel
-
-        try:
-            base = PeftModel.from_pretrained(base, adapter)
-        except (ValueError, OSError) as e:
-            raise UserError(f"--adapter {adapter}: cannot load adapter: {e}") from None
-    base.eval()
-    return base, tokenizer
+        loaded = get_method(run_info(adapter).get("method", "lora")).attach(loaded, adapter)
+    loaded.eval()
+    return loaded, tokenizer, path
 
 
 class Generator:
@@ -130,7 +126,12 @@ def infer(cfg: InferConfig) -> dict:
         raise UserError(f"{cfg.data}: no records")
     if cfg.compare_base and not cfg.adapter:
         raise UserError("--compare-base needs --adapter")
-    model, tokenizer = load_for_inference(cfg.model, cfg.adapter)
+    model, tokenizer, base_path = load_for_inference(cfg.model, cfg.adapter)
+    base_model = None
+    if cfg.compare_base and not hasattr(model, "disable_adapter"):
+        from instructglm.models import load_model
+
+        base_model = load_model(base_path).eval()  # freeze/full changed the weights themselves
     torch.manual_seed(cfg.seed)
     gen = Generator(model, tokenizer, template, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     prompts = [gen.prompt_ids(r["messages"]) for r in records]
@@ -143,7 +144,10 @@ def infer(cfg: InferConfig) -> dict:
         idx = order[start:start + cfg.batch_size]
         batch = [prompts[i] for i in idx]
         for key in answers:
-            if key == "base_prediction":
+            if key == "base_prediction" and base_model is not None:
+                texts = Generator(base_model, tokenizer, template, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_p).generate(batch)
+            elif key == "base_prediction":
                 with model.disable_adapter():
                     texts = gen.generate(batch)
             else:

@@ -1,4 +1,4 @@
-"""``merge``: fold a LoRA adapter into the base weights and save a plain transformers model.
+"""``merge``: fold trained weights (LoRA, Freeze or full) into the base and save a plain transformers model.
 
 The merged model is checked before it is written: its logits on a few probe prompts must equal
 base + adapter within a printed tolerance, and must differ from the base model's (a merge that
@@ -41,15 +41,17 @@ def _probe_logits(model, tokenizer):
 
 
 def merge(cfg: MergeConfig) -> dict:
-    from peft import PeftModel
-
     from instructglm.infer.generate import run_info
     from instructglm.models import load_model, load_tokenizer, resolve_model
+    from instructglm.train.methods import get_method
 
     info = run_info(cfg.adapter)
-    if info.get("method", "lora") != "lora":
-        raise UserError(f"{cfg.adapter}: method '{info['method']}' cannot be merged by this command")
-    if not (Path(cfg.adapter) / "adapter_config.json").is_file():
+    method_name = info.get("method", "lora")
+    method = get_method(method_name)
+    if not method.MERGEABLE:
+        raise UserError(f"{cfg.adapter}: a {method_name} prefix lives in the attention cache and cannot be "
+                        f"merged into weights; serve or infer it with --adapter instead")
+    if method_name == "lora" and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise UserError(f"{cfg.adapter}: no adapter_config.json; is this a 'train' output directory?")
     model_spec = cfg.model or info.get("base_model")
     if not model_spec:
@@ -57,32 +59,38 @@ def merge(cfg: MergeConfig) -> dict:
     path = resolve_model(model_spec)
     tokenizer = load_tokenizer(path)
     tokenizer.padding_side = "left"
-    model = PeftModel.from_pretrained(load_model(path), cfg.adapter)
-    model.eval()
+    base = load_model(path).eval()
 
-    expected, mask = _probe_logits(model, tokenizer)
-    with model.disable_adapter():
-        base_logits, _ = _probe_logits(model, tokenizer)
-    merged = model.merge_and_unload()
-    got, _ = _probe_logits(merged, tokenizer)
-    diff = float((got - expected).abs()[mask].max())
+    if method_name == "lora":
+        model = method.attach(base, cfg.adapter).eval()
+        expected, mask = _probe_logits(model, tokenizer)
+        with model.disable_adapter():
+            base_logits, _ = _probe_logits(model, tokenizer)
+        merged = model.merge_and_unload()
+    else:  # freeze / full: the trained tensors replace the base ones
+        base_logits, mask = _probe_logits(base, tokenizer)
+        merged = method.attach(base, cfg.adapter).eval()
+        expected, _ = _probe_logits(merged, tokenizer)
     change = float((expected - base_logits).abs()[mask].max())
-    if diff > cfg.tolerance:
-        raise UserError(f"merge check failed: merged logits differ from base+adapter by {diff:.2e} "
-                        f"(tolerance {cfg.tolerance:.0e})")
     if change <= 1e-6:
-        raise UserError(f"{cfg.adapter}: the adapter does not change the model's logits (max change "
+        raise UserError(f"{cfg.adapter}: the trained weights do not change the model's logits (max change "
                         f"{change:.1e}); nothing to merge")
 
     out = Path(cfg.output)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: output directory exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: output exists and is not an empty directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
+        # The check reads back what was written: the files themselves must reproduce base + adapter.
+        got, _ = _probe_logits(load_model(str(tmp)).eval(), tokenizer)
         tokenizer.padding_side = "right"
         tokenizer.save_pretrained(tmp)
+        diff = float((got - expected).abs()[mask].max())
+        if diff > cfg.tolerance:
+            raise UserError(f"merge check failed: the merged model's logits differ from base + adapter by "
+                            f"{diff:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
         (tmp / "instructglm.json").write_text(json.dumps(
             {**info, "merged_from": {"base_model": model_spec, "adapter": str(cfg.adapter)},
              "merge_check": {"max_abs_logit_diff": diff, "tolerance": cfg.tolerance}},
@@ -93,6 +101,6 @@ def merge(cfg: MergeConfig) -> dict:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("merged %s into %s -> %s (max |logit diff| %.2e vs base+adapter, adapter changed logits by %.2e)",
+    log.info("merged %s into %s -> %s (max |logit diff| %.2e vs base+adapter, which changed logits by %.2e)",
              cfg.adapter, model_spec, out, diff, change)
     return {"output": str(out), "max_abs_logit_diff": diff, "adapter_effect": change}

@@ -42,14 +42,28 @@ COMPLETE = ".complete"
 @dataclass
 class TrainConfig:
     dataset: str = opt(help="tokenized dataset directory (from 'instructglm tokenize')", aliases=("--dataset_path",))
-    output_dir: str = opt(help="where the adapter, logs and checkpoints go", aliases=("--output_dir", "-o"))
+    output_dir: str = opt(help="where the trained weights, logs and checkpoints go", aliases=("--output_dir", "-o"))
     model: str = opt("gemma3-270m", help="base model: embedded name, directory, .gguf file or hub id")
-    method: Literal["lora"] = opt("lora", help="tuning method")
+    method: Literal["lora", "ptuning", "freeze", "full"] = opt("lora", help="tuning method")
+    trust_remote_code: bool = opt(False, help="run the model repository's own code (legacy ChatGLM-6B/2/3)")
+    load_in: Literal["none", "8bit", "4bit"] = opt("none", help="quantized base weights (bitsandbytes, GPU only)")
     # LoRA
     lora_rank: int = opt(8, help="LoRA rank r", aliases=("--lora_rank",))
     lora_alpha: float = opt(16.0, help="LoRA alpha (scaling = alpha / r)", aliases=("--lora_alpha",))
     lora_dropout: float = opt(0.05, help="dropout on the LoRA input", aliases=("--lora_dropout",))
-    lora_target: str = opt("all-linear", help="modules to adapt: all-linear or comma-separated names")
+    lora_target: str = opt("all-linear", help="modules to adapt: all-linear or comma-separated names "
+                           "(e.g. query_key_value for ChatGLM-6B)")
+    lora_modules_to_save: str = opt("", help="comma-separated modules trained in full besides LoRA (e.g. lm_head)")
+    lora_rslora: bool = opt(False, help="rank-stabilised LoRA scaling (alpha / sqrt(r))")
+    lora_dora: bool = opt(False, help="weight-decomposed LoRA (DoRA)")
+    # P-Tuning v2
+    pre_seq_len: int = opt(16, help="P-Tuning v2 prefix length in tokens", aliases=("--pre_seq_len",))
+    prefix_projection: bool = opt(False, help="P-Tuning v2: produce the prefix with a 2-layer MLP",
+                                  aliases=("--prefix_projection",))
+    prefix_hidden_size: int | None = opt(None, help="P-Tuning v2 MLP width (default: the model's hidden size)")
+    # Freeze
+    freeze_trainable_layers: int = opt(2, help="freeze: train the last N blocks (first N if negative)")
+    freeze_modules: Literal["mlp", "attn", "all"] = opt("mlp", help="freeze: which part of those blocks trains")
     # optimisation
     learning_rate: float = opt(2e-4, help="peak learning rate", aliases=("--learning_rate",))
     weight_decay: float = opt(0.0, help="AdamW weight decay")
@@ -62,22 +76,40 @@ class TrainConfig:
     max_steps: int = opt(-1, help="optimizer steps to run; -1 = use num_epochs", aliases=("--max_steps",))
     num_epochs: float = opt(3.0, help="epochs over the dataset (when max_steps is -1)", aliases=("--num_train_epochs",))
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 disables")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", help="auto = fp32 on CPU, bf16 on a GPU that has it (else fp16); trainable weights stay fp32")
+    fp16: bool = opt(False, help="the seeds' switch: same as precision=fp16", aliases=("--fp16",))
     seed: int = opt(42, help="random seed for data order, dropout and initialisation")
+    # evaluation
+    val_size: float = opt(0.0, help="hold out this fraction (< 1) or number of rows for eval loss")
+    eval_dataset: str | None = opt(None, help="tokenized dataset directory for eval loss")
+    eval_steps: int = opt(0, help="eval loss every N steps (0: only at the end when there is an eval set)")
     # checkpoints and logs
     save_steps: int = opt(0, help="checkpoint every N steps; 0 = only the final save", aliases=("--save_steps",))
     save_total_limit: int = opt(2, help="checkpoints to keep", aliases=("--save_total_limit",))
     logging_steps: int = opt(10, help="log every N steps", aliases=("--logging_steps",))
     resume: str | None = opt(None, help="'latest' or a checkpoint directory to resume from")
     stop_on_nan: bool = opt(True, help="stop with an error when the loss becomes NaN or inf")
+    dry_run: bool = opt(False, help="print the resolved config and trainable parameters, then stop")
 
     def validate(self) -> None:
-        for key in ("lora_rank", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        for key in ("lora_rank", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
+                    "pre_seq_len"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}: must be at least 1, got {getattr(self, key)}")
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_epochs <= 0):
             raise UserError("max_steps/num_epochs: nothing to train (set max_steps > 0 or num_epochs > 0)")
         if self.learning_rate <= 0:
             raise UserError(f"learning_rate: must be positive, got {self.learning_rate}")
+        if self.fp16:
+            if self.precision not in ("auto", "fp16"):
+                raise UserError(f"fp16: conflicts with precision={self.precision}")
+            self.precision = "fp16"
+        if self.val_size < 0 or (self.val_size and self.eval_dataset):
+            raise UserError("val_size: must be >= 0, and not combined with eval_dataset")
+        if self.load_in != "none" and self.method in ("full", "freeze"):
+            raise UserError(f"load_in={self.load_in}: quantized base weights cannot be trained with "
+                            f"method {self.method}; use lora")
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,18 +223,23 @@ def resolve_resume(cfg: TrainConfig, output_dir: Path) -> Path | None:
 
 
 def plot_loss(log_path: Path, png_path: Path) -> None:
-    """Draw the training loss from ``trainer_log.jsonl`` into a PNG."""
+    """Draw the training (and eval) loss from ``trainer_log.jsonl`` into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
-    if not rows:
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    if not train_rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="o", markersize=3, label="train loss")
+    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], marker="o", markersize=3,
+            label="train loss")
+    if eval_rows:
+        ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], marker="s", markersize=4,
+                label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title("training loss")
@@ -215,17 +252,98 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     os.replace(tmp, png_path)
 
 
-def check_dataset(cfg: TrainConfig, tokenizer) -> dict:
+def check_dataset(path: str, cfg: TrainConfig, tokenizer) -> dict:
     """Refuse a dataset tokenized with another tokenizer than the model's."""
     from instructglm.data.tokenize import read_manifest
     from instructglm.models import tokenizer_fingerprint
 
-    manifest = read_manifest(cfg.dataset)
-    mine = tokenizer_fingerprint(tokenizer)
-    if manifest.get("tokenizer") != mine:
-        raise UserError(f"{cfg.dataset}: tokenized with a different tokenizer ({manifest.get('model')}) than "
+    manifest = read_manifest(path)
+    if manifest.get("tokenizer") != tokenizer_fingerprint(tokenizer):
+        raise UserError(f"{path}: tokenized with a different tokenizer ({manifest.get('model')}) than "
                         f"model '{cfg.model}'; run 'instructglm tokenize --model {cfg.model}' again")
     return manifest
+
+
+def resolve_precision(cfg: TrainConfig):
+    """(torch dtype for the frozen base weights, accelerate mixed_precision) for this machine."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise UserError("precision fp16: needs a GPU; on CPU use fp32 (default) or bf16")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return dtype, ("no" if precision == "fp32" else precision)
+
+
+def load_base(cfg: TrainConfig, model_path: str, dtype):
+    """The base model in ``dtype``, or quantized with bitsandbytes when ``load_in`` asks for it."""
+    import torch
+
+    from instructglm.models import load_model
+
+    if cfg.load_in == "none":
+        return load_model(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if not torch.cuda.is_available():
+        raise UserError(f"load_in={cfg.load_in}: quantized loading needs a CUDA GPU; none is visible")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError(f"load_in={cfg.load_in}: needs the bitsandbytes package (pip install bitsandbytes)") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = (BitsAndBytesConfig(load_in_8bit=True) if cfg.load_in == "8bit" else
+             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype))
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=dtype,
+                                                 trust_remote_code=cfg.trust_remote_code)
+    return prepare_model_for_kbit_training(model)
+
+
+def split_eval(data, cfg: TrainConfig):
+    """(train rows, eval rows or None) from ``val_size`` / ``eval_dataset``."""
+    import datasets
+
+    if cfg.eval_dataset:
+        return data, datasets.load_from_disk(cfg.eval_dataset)
+    if not cfg.val_size:
+        return data, None
+    n_eval = int(cfg.val_size) if cfg.val_size >= 1 else max(1, round(cfg.val_size * len(data)))
+    if n_eval >= len(data):
+        raise UserError(f"val_size: {cfg.val_size} leaves no training rows out of {len(data)}")
+    parts = data.train_test_split(test_size=n_eval, seed=cfg.seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def batch_loss_sum(model, method, batch):
+    """(sum of token losses, trained tokens) through the method's forward path."""
+    from instructglm.train.loss import causal_lm_loss_sum
+
+    if method.USES_MODEL_FORWARD:
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return (out.loss * n if n else out.loss * 0.0), n
+    return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+
+
+def evaluate_loss(model, method, data, batch_size: int, pad_id: int, device) -> float:
+    """Token-mean loss over a whole tokenized dataset, without gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collate(data[start:start + batch_size], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss_sum, n = batch_loss_sum(model, method, batch)
+            total += float(loss_sum)
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,38 +359,51 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from instructglm.models import load_model, load_tokenizer, resolve_model
-    from instructglm.train.loss import causal_lm_loss_sum
+    from instructglm.models import load_tokenizer, resolve_model
     from instructglm.train.methods import get_method
 
+    # 1. Everything that can be wrong with the inputs is checked before the model loads.
     output_dir = Path(cfg.output_dir)
     resume_from = resolve_resume(cfg, output_dir)
     method = get_method(cfg.method)
     model_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path)
-    manifest = check_dataset(cfg, tokenizer)
-    data = datasets.load_from_disk(cfg.dataset)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
+    manifest = check_dataset(cfg.dataset, cfg, tokenizer)
+    if cfg.eval_dataset:
+        check_dataset(cfg.eval_dataset, cfg, tokenizer)
+    data, eval_data = split_eval(datasets.load_from_disk(cfg.dataset), cfg)
     if len(data) == 0:
         raise UserError(f"{cfg.dataset}: the dataset is empty")
+    dtype, mixed = resolve_precision(cfg)
 
-    accelerator = Accelerator()
+    # 2. Model: base weights (frozen, maybe low precision) + the method's trainable weights in fp32.
+    accelerator = Accelerator(mixed_precision=mixed)
     set_seed(cfg.seed)
-    model = method.apply(load_model(model_path), cfg)
-    model.train()
+    model = method.apply(load_base(cfg, model_path, dtype), cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
+    log.info("model %s, method %s: %s trainable of %s parameters (%.2f%%)", cfg.model, cfg.method,
+             f"{n_trainable:,}", f"{n_total:,}", 100 * n_trainable / n_total)
+    if cfg.dry_run:
+        print(to_yaml(cfg), end="")
+        print(f"# trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%)")
+        return {"output_dir": str(output_dir), "steps": 0, "logs": [], "trainable_parameters": n_trainable,
+                "dry_run": True}
+    model.train()
 
-    # Steps: one optimizer step = gradient_accumulation_steps micro-batches.
+    # 3. Schedule: one optimizer step = gradient_accumulation_steps micro-batches.
     micro_per_epoch = math.ceil(len(data) / cfg.per_device_train_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * steps_per_epoch)
-
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
+    # 4. Output directory, resume state and logs.
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / "trainer_log.jsonl"
     state = {"step": 0, "logs": []}
@@ -280,19 +411,31 @@ def train(cfg: TrainConfig) -> dict:
         state = load_checkpoint(resume_from, accelerator.unwrap_model(model), method, optimizer, scheduler)
         log.info("resumed from %s at step %d", resume_from, state["step"])
     (output_dir / "train_config.yaml").write_text(to_yaml(cfg))
-    # The log file holds exactly the steps up to the resume point, then continues.
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in state["logs"]))
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in state["logs"]))  # up to the resume point
 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(output_dir / "runs"))
-    log.info("model %s, method %s: %s trainable of %s parameters (%.2f%%)", cfg.model, cfg.method,
-             f"{n_trainable:,}", f"{n_total:,}", 100 * n_trainable / n_total)
-    log.info("%d rows, %d steps (%d per epoch), batch %d x %d", len(data), total_steps, steps_per_epoch,
-             cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
+    log.info("%d rows, %d steps (%d per epoch), batch %d x %d%s", len(data), total_steps, steps_per_epoch,
+             cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+             f", {len(eval_data)} eval rows" if eval_data is not None else "")
 
+    def write_log(record: dict) -> None:
+        state["logs"].append(record)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("step", "epoch"):
+                writer.add_scalar(("eval/" if key.startswith("eval") else "train/") + key, value, record["step"])
+
+    def run_eval(step: int) -> None:
+        loss = evaluate_loss(model, method, eval_data, cfg.per_device_train_batch_size, pad_id, accelerator.device)
+        write_log({"step": step, "eval_loss": loss})
+        log.info("step %d  eval loss %.4f", step, loss)
+
+    # 5. The loop.
     pad_id = tokenizer.pad_token_id
-    window = {"loss_sum": 0.0, "tokens": 0, "steps": 0, "time": 0.0, "all_tokens": 0}
+    window = {"loss_sum": 0.0, "tokens": 0, "time": 0.0, "all_tokens": 0}
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=None)
     step = state["step"]
     while step < total_steps:
@@ -309,8 +452,9 @@ def train(cfg: TrainConfig) -> dict:
         step_loss = 0.0
         for batch in micro:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            loss_sum, _ = causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
-            accelerator.backward(loss_sum / max(n_tokens, 1))
+            with accelerator.autocast():
+                loss_sum, _ = batch_loss_sum(model, method, batch)
+            accelerator.backward(loss_sum / max(n_tokens, 1))  # token-weighted over the whole step
             step_loss += float(loss_sum.detach())
         if not math.isfinite(step_loss) and cfg.stop_on_nan:
             raise UserError(f"step {step + 1}: the loss is {step_loss} (not finite); lower the learning rate, "
@@ -321,11 +465,9 @@ def train(cfg: TrainConfig) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        elapsed = time.perf_counter() - t0
+        window["time"] += time.perf_counter() - t0
         window["loss_sum"] += step_loss
         window["tokens"] += n_tokens
-        window["steps"] += 1
-        window["time"] += elapsed
         window["all_tokens"] += sum(int(b["attention_mask"].sum()) for b in micro)
         bar.update(1)
         if step % cfg.logging_steps == 0 or step == total_steps:
@@ -333,16 +475,14 @@ def train(cfg: TrainConfig) -> dict:
                       "loss": window["loss_sum"] / max(window["tokens"], 1),
                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                       "tokens_per_s": round(window["all_tokens"] / max(window["time"], 1e-9), 1)}
-            state["logs"].append(record)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                writer.add_scalar(f"train/{key}", record[key], step)
+            write_log(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if bar.disable:  # no terminal: a plain log line instead of the progress bar
                 log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.2f  %.0f tokens/s", step, total_steps,
                          record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
             window = {k: 0 for k in window}
+        if eval_data is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
+            run_eval(step)
         state["step"] = step
         if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
             save_checkpoint(output_dir, step, accelerator.unwrap_model(model), method, optimizer, scheduler,
@@ -350,12 +490,11 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     writer.close()
 
-    # Final artefacts: the trained weights and what later stages need to use them.
-    final_model = accelerator.unwrap_model(model)
-    method.save(final_model, output_dir)
+    # 6. Final artefacts: the trained weights and what later stages need to use them.
+    method.save(accelerator.unwrap_model(model), output_dir)
     info = {"base_model": cfg.model, "method": cfg.method, "template": manifest["template"],
             "tokenizer": manifest["tokenizer"], "dataset": str(cfg.dataset), "steps": step}
     (output_dir / RUN_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     plot_loss(log_path, output_dir / "loss.png")
-    return {"output_dir": str(output_dir), "steps": step, "logs": state["logs"],
-            "trainable_parameters": n_trainable}
+    return {"output_dir": str(output_dir), "steps": step, "logs": [r for r in state["logs"] if "loss" in r],
+            "eval": [r for r in state["logs"] if "eval_loss" in r], "trainable_parameters": n_trainable}
