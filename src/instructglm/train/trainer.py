@@ -76,6 +76,9 @@ class TrainConfig:
     max_steps: int = opt(-1, help="optimizer steps to run; -1 = use num_epochs", aliases=("--max_steps",))
     num_epochs: float = opt(3.0, help="epochs over the dataset (when max_steps is -1)", aliases=("--num_train_epochs",))
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 disables")
+    packing: bool = opt(True, help="padding-free packing of each micro-batch's examples into shared rows "
+                        "(same loss as unpacked; not for ptuning)")
+    pack_length: int = opt(512, help="longest packed row in tokens (a longer example gets its own row)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto", help="auto = fp32 on CPU, bf16 on a GPU that has it (else fp16); trainable weights stay fp32")
     fp16: bool = opt(False, help="the seeds' switch: same as precision=fp16", aliases=("--fp16",))
@@ -317,18 +320,33 @@ def split_eval(data, cfg: TrainConfig):
     return parts["train"], parts["test"]
 
 
+def make_batch(columns: dict, cfg: TrainConfig, method, pad_id: int) -> dict:
+    """A micro-batch on the CPU: packed when the method allows it, else right-padded."""
+    from instructglm.train.packing import collate_packed
+
+    if cfg.packing and not method.USES_MODEL_FORWARD:
+        return collate_packed(columns, pad_id, cfg.pack_length)
+    return collate(columns, pad_id)
+
+
 def batch_loss_sum(model, method, batch):
     """(sum of token losses, trained tokens) through the method's forward path."""
-    from instructglm.train.loss import causal_lm_loss_sum
+    from instructglm.train.loss import _causal_lm, causal_lm_loss_sum
+    from instructglm.train.packing import attention_mask_for
 
     if method.USES_MODEL_FORWARD:
         n = int((batch["labels"][:, 1:] != -100).sum())
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return (out.loss * n if n else out.loss * 0.0), n
-    return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+    mask, positions = batch["attention_mask"], None
+    if "segments" in batch:
+        lm = _causal_lm(model)
+        mask = attention_mask_for(lm.config, batch["segments"], next(lm.parameters()).dtype)
+        positions = batch["position_ids"]
+    return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions)
 
 
-def evaluate_loss(model, method, data, batch_size: int, pad_id: int, device) -> float:
+def evaluate_loss(model, method, data, cfg: TrainConfig, pad_id: int, device) -> float:
     """Token-mean loss over a whole tokenized dataset, without gradients."""
     import torch
 
@@ -336,8 +354,8 @@ def evaluate_loss(model, method, data, batch_size: int, pad_id: int, device) -> 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            batch = collate(data[start:start + batch_size], pad_id)
+        for start in range(0, len(data), cfg.per_device_train_batch_size):
+            batch = make_batch(data[start:start + cfg.per_device_train_batch_size], cfg, method, pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss_sum, n = batch_loss_sum(model, method, batch)
             total += float(loss_sum)
@@ -429,7 +447,7 @@ def train(cfg: TrainConfig) -> dict:
                 writer.add_scalar(("eval/" if key.startswith("eval") else "train/") + key, value, record["step"])
 
     def run_eval(step: int) -> None:
-        loss = evaluate_loss(model, method, eval_data, cfg.per_device_train_batch_size, pad_id, accelerator.device)
+        loss = evaluate_loss(model, method, eval_data, cfg, pad_id, accelerator.device)
         write_log({"step": step, "eval_loss": loss})
         log.info("step %d  eval loss %.4f", step, loss)
 
@@ -446,7 +464,7 @@ def train(cfg: TrainConfig) -> dict:
             position = step * cfg.gradient_accumulation_steps + k
             epoch, index = divmod(position, steps_per_epoch * cfg.gradient_accumulation_steps)
             batches = epoch_batches(len(data), cfg.per_device_train_batch_size, cfg.seed, epoch)
-            micro.append(collate(data[batches[index]], pad_id))
+            micro.append(make_batch(data[batches[index]], cfg, method, pad_id))
         n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         t0 = time.perf_counter()
         step_loss = 0.0
