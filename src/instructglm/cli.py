@@ -25,7 +25,9 @@ def _convert(args) -> Any:
 
     cfg = load_config(ConvertConfig, flags=_flags(args, ConvertConfig))
     result = convert_files(cfg)
-    print(f"wrote {result['records']} records to {result['output']}")
+    rejects = f"; rejects in {result['rejects']}" if result.get("rejects") else ""
+    print(f"wrote {result['records']} records to {result['output']} ({result['converted']} converted, "
+          f"{result['rejected']} rejected, {result['duplicates']} duplicates removed{rejects})")
     return result
 
 
@@ -75,6 +77,26 @@ def _demo(args) -> Any:
     return run_demo(cfg)
 
 
+def _eval(args) -> Any:
+    from instructglm.eval.evaluate import EvalConfig, evaluate, format_table
+
+    cfg = load_config(EvalConfig, flags=_flags(args, EvalConfig))
+    result = evaluate(cfg)
+    print(format_table(result))
+    if cfg.output:
+        print(f"\nmetrics written to {cfg.output}")
+    return result
+
+
+def _report(args) -> Any:
+    from instructglm.eval.report import ReportConfig, write_report
+
+    cfg = load_config(ReportConfig, flags=_flags(args, ReportConfig))
+    path = write_report(cfg)
+    print(f"report written to {path}")
+    return path
+
+
 def _flags(args: argparse.Namespace, cls) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
@@ -84,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     from instructglm.data.convert import ConvertConfig
     from instructglm.data.tokenize import TokenizeConfig
     from instructglm.demo import DemoConfig
+    from instructglm.eval.evaluate import EvalConfig
+    from instructglm.eval.report import ReportConfig
     from instructglm.infer.generate import InferConfig
     from instructglm.merge.merge import MergeConfig
     from instructglm.train.trainer import TrainConfig
@@ -115,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("infer", _infer, InferConfig, "generate answers for a data file")
     command("merge", _merge, MergeConfig, "fold a LoRA adapter into the base model")
     command("demo", _demo, DemoConfig, "tune the embedded model on the embedded data and show before/after")
+    ev = command("eval", _eval, EvalConfig, "score predictions: EM, BLEU-4, ROUGE, per category, base vs tuned")
+    ev.add_argument("predictions_pos", nargs="?", metavar="PRED.jsonl", help="predictions JSONL from 'infer'")
+    rep = command("report", _report, ReportConfig, "write a self-contained HTML report of a run")
+    rep.add_argument("run_dir_pos", nargs="?", metavar="RUN_DIR", help="demo work dir or train output dir")
     return parser
 
 
@@ -123,6 +151,11 @@ def _fix_positionals(args: argparse.Namespace) -> None:
         if getattr(args, "input", None):
             raise UserError("give the input file once (positional or --input)")
         args.input = args.input_pos
+    for pos, name in (("predictions_pos", "predictions"), ("run_dir_pos", "run_dir")):
+        if getattr(args, pos, None):
+            if getattr(args, name, None):
+                raise UserError(f"give --{name.replace('_', '-')} once (positional or flag)")
+            setattr(args, name, getattr(args, pos))
     if args.command == "train" and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None

@@ -115,4 +115,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                                               per_cat.items()},
                "loss_first": losses[0], "loss_last": losses[-1], "timings_s": timings, "wall_s": total}
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from instructglm.eval.report import ReportConfig, write_report
+
+    print(f"  HTML report: {write_report(ReportConfig(run_dir=str(work)))}")
     return summary
