@@ -83,6 +83,7 @@ class TrainConfig:
         "auto", help="auto = fp32 on CPU, bf16 on a GPU that has it (else fp16); trainable weights stay fp32")
     fp16: bool = opt(False, help="the seeds' switch: same as precision=fp16", aliases=("--fp16",))
     seed: int = opt(42, help="random seed for data order, dropout and initialisation")
+    shuffle: bool = opt(True, help="shuffle the rows every epoch (off: dataset order, e.g. for comparisons)")
     # evaluation
     val_size: float = opt(0.0, help="hold out this fraction (< 1) or number of rows for eval loss")
     eval_dataset: str | None = opt(None, help="tokenized dataset directory for eval loss")
@@ -120,12 +121,14 @@ class TrainConfig:
 
 
 @functools.lru_cache(maxsize=2)
-def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled row indices for one epoch, cut into micro-batches (the last one may be short)."""
+def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+    """Row indices for one epoch (shuffled by seed and epoch), cut into micro-batches."""
     import torch
 
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_rows, generator=g).tolist()
+    if shuffle:
+        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    else:
+        order = list(range(n_rows))
     return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
 
 
@@ -463,7 +466,7 @@ def train(cfg: TrainConfig) -> dict:
         for k in range(cfg.gradient_accumulation_steps):
             position = step * cfg.gradient_accumulation_steps + k
             epoch, index = divmod(position, steps_per_epoch * cfg.gradient_accumulation_steps)
-            batches = epoch_batches(len(data), cfg.per_device_train_batch_size, cfg.seed, epoch)
+            batches = epoch_batches(len(data), cfg.per_device_train_batch_size, cfg.seed, epoch, cfg.shuffle)
             micro.append(make_batch(data[batches[index]], cfg, method, pad_id))
         n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         t0 = time.perf_counter()
