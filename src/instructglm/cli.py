@@ -45,7 +45,11 @@ def _train(args) -> Any:
     from instructglm.train.trainer import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, args.overrides, _flags(args, TrainConfig))
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(args.nproc, args.argv)
     result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return result
     last = result["logs"][-1]["loss"] if result["logs"] else float("nan")
     print(f"trained {result['steps']} steps, final loss {last:.4f}; adapter in {result['output_dir']}")
     return result
@@ -97,6 +101,26 @@ def _report(args) -> Any:
     return path
 
 
+def _launch(nproc: int, argv: list[str]) -> None:
+    """Re-run this command under torchrun with ``nproc`` processes (the config was checked first)."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "instructglm", *rest]
+    print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise UserError(f"--nproc {nproc}: the training processes failed (exit code {code}); see the log above")
+
+
 def _flags(args: argparse.Namespace, cls) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
@@ -136,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", _train, TrainConfig, "fine-tune a model (LoRA, P-Tuning v2, Freeze, full)")
     train.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
     train.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
+    train.add_argument("--nproc", type=int, default=1, help="launch N training processes on this machine "
+                       "(torchrun); for several machines use torchrun or accelerate launch directly")
     command("infer", _infer, InferConfig, "generate answers for a data file")
     command("merge", _merge, MergeConfig, "fold a LoRA adapter into the base model")
     command("demo", _demo, DemoConfig, "tune the embedded model on the embedded data and show before/after")
@@ -164,6 +190,7 @@ def _fix_positionals(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -349,6 +350,24 @@ def batch_loss_sum(model, method, batch):
     return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions)
 
 
+class LossForward:
+    """Wraps the model so that the loss is computed inside ``forward``: under DDP/FSDP (accelerate
+    wraps this module) gradient synchronisation then sees the whole computation."""
+
+    def __new__(cls, model, method):
+        import torch
+
+        class _LossForward(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, **batch):
+                return batch_loss_sum(self.model, method, batch)
+
+        return _LossForward()
+
+
 def evaluate_loss(model, method, data, cfg: TrainConfig, pad_id: int, device) -> float:
     """Token-mean loss over a whole tokenized dataset, without gradients."""
     import torch
@@ -398,7 +417,9 @@ def train(cfg: TrainConfig) -> dict:
     dtype, mixed = resolve_precision(cfg)
 
     # 2. Model: base weights (frozen, maybe low precision) + the method's trainable weights in fp32.
-    accelerator = Accelerator(mixed_precision=mixed)
+    #    Under torchrun / accelerate launch every process runs this same code on its share of the data.
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())  # cpu: gloo when launched
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(cfg.seed)
     model = method.apply(load_base(cfg, model_path, dtype), cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -415,34 +436,41 @@ def train(cfg: TrainConfig) -> dict:
                 "dry_run": True}
     model.train()
 
-    # 3. Schedule: one optimizer step = gradient_accumulation_steps micro-batches.
-    micro_per_epoch = math.ceil(len(data) / cfg.per_device_train_batch_size)
+    # 3. Schedule: one optimizer step = gradient_accumulation_steps micro-batches on each process;
+    #    a global micro-batch holds per_device_train_batch_size rows per process.
+    global_batch = cfg.per_device_train_batch_size * world
+    micro_per_epoch = math.ceil(len(data) / global_batch)
     steps_per_epoch = max(1, micro_per_epoch // cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    wrapped, optimizer = accelerator.prepare(LossForward(model, method), optimizer)
 
-    # 4. Output directory, resume state and logs.
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # 4. Output directory, resume state and logs (only the main process writes files).
     log_path = output_dir / "trainer_log.jsonl"
     state = {"step": 0, "logs": []}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, accelerator.unwrap_model(model), method, optimizer, scheduler)
+        state = load_checkpoint(resume_from, model, method, optimizer, scheduler)
         log.info("resumed from %s at step %d", resume_from, state["step"])
-    (output_dir / "train_config.yaml").write_text(to_yaml(cfg))
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in state["logs"]))  # up to the resume point
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(output_dir / "runs"))
-    log.info("%d rows, %d steps (%d per epoch), batch %d x %d%s", len(data), total_steps, steps_per_epoch,
-             cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
-             f", {len(eval_data)} eval rows" if eval_data is not None else "")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.yaml").write_text(to_yaml(cfg))
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in state["logs"]))  # up to the resume point
+        writer = SummaryWriter(str(output_dir / "runs"))
+    if main:  # printed even with -q: the number people most often get wrong when scaling out
+        print(f"{len(data)} rows, {total_steps} steps ({steps_per_epoch} per epoch); effective batch "
+              f"{global_batch * cfg.gradient_accumulation_steps} = {cfg.per_device_train_batch_size} per device x "
+              f"{cfg.gradient_accumulation_steps} accumulation x {world} process(es)"
+              + (f", {len(eval_data)} eval rows" if eval_data is not None else ""), file=sys.stderr, flush=True)
 
     def write_log(record: dict) -> None:
         state["logs"].append(record)
+        if not main:
+            return
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
@@ -454,10 +482,15 @@ def train(cfg: TrainConfig) -> dict:
         write_log({"step": step, "eval_loss": loss})
         log.info("step %d  eval loss %.4f", step, loss)
 
+    def global_sum(value: float) -> float:
+        if world == 1:
+            return value
+        return float(accelerator.reduce(torch.tensor([float(value)], device=accelerator.device), "sum")[0])
+
     # 5. The loop.
     pad_id = tokenizer.pad_token_id
     window = {"loss_sum": 0.0, "tokens": 0, "time": 0.0, "all_tokens": 0}
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=None)
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=None if main else True)
     step = state["step"]
     while step < total_steps:
         # Micro-batches of this optimizer step, located by global position: a resumed run sees
@@ -466,17 +499,22 @@ def train(cfg: TrainConfig) -> dict:
         for k in range(cfg.gradient_accumulation_steps):
             position = step * cfg.gradient_accumulation_steps + k
             epoch, index = divmod(position, steps_per_epoch * cfg.gradient_accumulation_steps)
-            batches = epoch_batches(len(data), cfg.per_device_train_batch_size, cfg.seed, epoch, cfg.shuffle)
-            micro.append(make_batch(data[batches[index]], cfg, method, pad_id))
-        n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+            batches = epoch_batches(len(data), global_batch, cfg.seed, epoch, cfg.shuffle)
+            mine = batches[index][rank * cfg.per_device_train_batch_size:(rank + 1) * cfg.per_device_train_batch_size]
+            micro.append(make_batch(data[mine], cfg, method, pad_id) if mine else None)
+        micro = [b for b in micro if b is not None]
+        # Token-weighted over the whole step on all processes: each process scales its loss sum by
+        # world / global tokens, and DDP's gradient averaging divides by world again.
+        n_tokens = global_sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
         t0 = time.perf_counter()
         step_loss = 0.0
         for batch in micro:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
-                loss_sum, _ = batch_loss_sum(model, method, batch)
-            accelerator.backward(loss_sum / max(n_tokens, 1))  # token-weighted over the whole step
+                loss_sum, _ = wrapped(**batch)
+            accelerator.backward(loss_sum * world / max(n_tokens, 1))
             step_loss += float(loss_sum.detach())
+        step_loss = global_sum(step_loss)
         if not math.isfinite(step_loss) and cfg.stop_on_nan:
             raise UserError(f"step {step + 1}: the loss is {step_loss} (not finite); lower the learning rate, "
                             f"check the data, or resume from the last checkpoint in {output_dir}")
@@ -489,7 +527,7 @@ def train(cfg: TrainConfig) -> dict:
         window["time"] += time.perf_counter() - t0
         window["loss_sum"] += step_loss
         window["tokens"] += n_tokens
-        window["all_tokens"] += sum(int(b["attention_mask"].sum()) for b in micro)
+        window["all_tokens"] += global_sum(sum(int(b["attention_mask"].sum()) for b in micro))
         bar.update(1)
         if step % cfg.logging_steps == 0 or step == total_steps:
             record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
@@ -506,16 +544,20 @@ def train(cfg: TrainConfig) -> dict:
             run_eval(step)
         state["step"] = step
         if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
-            save_checkpoint(output_dir, step, accelerator.unwrap_model(model), method, optimizer, scheduler,
-                            state, cfg.save_total_limit)
+            if main:
+                save_checkpoint(output_dir, step, model, method, optimizer, scheduler, state, cfg.save_total_limit)
+            accelerator.wait_for_everyone()
     bar.close()
-    writer.close()
 
     # 6. Final artefacts: the trained weights and what later stages need to use them.
-    method.save(accelerator.unwrap_model(model), output_dir)
-    info = {"base_model": cfg.model, "method": cfg.method, "template": manifest["template"],
-            "tokenizer": manifest["tokenizer"], "dataset": str(cfg.dataset), "steps": step}
-    (output_dir / RUN_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    plot_loss(log_path, output_dir / "loss.png")
+    if main:
+        writer.close()
+        method.save(model, output_dir)
+        info = {"base_model": cfg.model, "method": cfg.method, "template": manifest["template"],
+                "tokenizer": manifest["tokenizer"], "dataset": str(cfg.dataset), "steps": step,
+                "processes": world}
+        (output_dir / RUN_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        plot_loss(log_path, output_dir / "loss.png")
+    accelerator.wait_for_everyone()
     return {"output_dir": str(output_dir), "steps": step, "logs": [r for r in state["logs"] if "loss" in r],
             "eval": [r for r in state["logs"] if "eval_loss" in r], "trainable_parameters": n_trainable}
