@@ -138,3 +138,9 @@ def test_freeze_and_full_merge_to_a_plain_model(method, tmp_path, tiny_models, d
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert sum(p.numel() for p in merged.parameters()) == sum(
         p.numel() for p in AutoModelForCausalLM.from_pretrained(model).parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_models, dataset):
+    plain = run_train(dataset(), tiny_models("llama"), tmp_path / "a", "lora")
+    ckpt = run_train(dataset(), tiny_models("llama"), tmp_path / "b", "lora", "--gradient-checkpointing")
+    assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-5)

@@ -80,6 +80,9 @@ class TrainConfig:
     packing: bool = opt(True, help="padding-free packing of each micro-batch's examples into shared rows "
                         "(same loss as unpacked; not for ptuning)")
     pack_length: int = opt(512, help="longest packed row in tokens (a longer example gets its own row)")
+    gradient_checkpointing: bool = opt(False, help="recompute activations in the backward pass (less memory, "
+                                       "about a third more compute)")
+    compile: bool = opt(False, help="torch.compile the model (GPU; first steps are slow while it compiles)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto", help="auto = fp32 on CPU, bf16 on a GPU that has it (else fp16); trainable weights stay fp32")
     fp16: bool = opt(False, help="the seeds' switch: same as precision=fp16", aliases=("--fp16",))
@@ -350,6 +353,25 @@ def batch_loss_sum(model, method, batch):
     return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions)
 
 
+def training_flops_per_token(model, n_trainable: int, method: str) -> float:
+    """FLOPs per trained token: 6N for full fine-tuning, 4N when the base is frozen (forward 2N plus
+    input gradients 2N; the adapters' own weight gradients are negligible), N including the LM head,
+    plus the attention term 6 * layers * hidden * context (ignored here for short rows)."""
+    n = sum(p.numel() for p in model.parameters())
+    return (6 if method == "full" else 4) * n
+
+
+def gpu_peak_flops() -> float:
+    """Dense bf16 peak of the visible GPU in FLOP/s (H100/H200 SXM: 989e12), for MFU."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("4090", 165e12)):
+        if key in name:
+            return peak
+    return 312e12
+
+
 class LossForward:
     """Wraps the model so that the loss is computed inside ``forward``: under DDP/FSDP (accelerate
     wraps this module) gradient synchronisation then sees the whole computation."""
@@ -421,7 +443,11 @@ def train(cfg: TrainConfig) -> dict:
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())  # cpu: gloo when launched
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(cfg.seed)
-    model = method.apply(load_base(cfg, model_path, dtype), cfg)
+    base = load_base(cfg, model_path, dtype)
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
+    model = method.apply(base, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.data = p.data.float()
@@ -442,10 +468,14 @@ def train(cfg: TrainConfig) -> dict:
     micro_per_epoch = math.ceil(len(data) / global_batch)
     steps_per_epoch = max(1, micro_per_epoch // cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=torch.cuda.is_available())
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     wrapped, optimizer = accelerator.prepare(LossForward(model, method), optimizer)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    flops_per_token = training_flops_per_token(model, n_trainable, cfg.method)
 
     # 4. Output directory, resume state and logs (only the main process writes files).
     log_path = output_dir / "trainer_log.jsonl"
@@ -534,6 +564,9 @@ def train(cfg: TrainConfig) -> dict:
                       "loss": window["loss_sum"] / max(window["tokens"], 1),
                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                       "tokens_per_s": round(window["all_tokens"] / max(window["time"], 1e-9), 1)}
+            if torch.cuda.is_available():  # throughput against the GPU's dense bf16 peak, and memory
+                record["mfu"] = round(record["tokens_per_s"] * flops_per_token / world / gpu_peak_flops(), 4)
+                record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             write_log(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if bar.disable:  # no terminal: a plain log line instead of the progress bar
