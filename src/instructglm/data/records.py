@@ -157,6 +157,8 @@ def _scan_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, json.loads(text)
             except json.JSONDecodeError as e:
                 yield lineno, BadInput(f"invalid JSON: {e.msg} (column {e.colno})", _clip(text))
+            except RecursionError:
+                yield lineno, BadInput("invalid JSON: nested too deeply", _clip(text))
 
 
 def _readable(text: str) -> str:
@@ -195,6 +197,9 @@ def _scan_json_array(path: Path) -> Iterator[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             yield start_line, rest(pos, f"invalid JSON in the record starting here: {e.msg} "
                                         f"(line {e.lineno}, column {e.colno})")
+            return
+        except RecursionError:
+            yield start_line, rest(pos, "invalid JSON in the record starting here: nested too deeply")
             return
         chunk = text[pos:end]
         bad = _ESCAPED_BYTE.search(chunk) if has_bad_bytes else None
@@ -244,6 +249,8 @@ class AtomicWriter:
         self.mode = mode
 
     def __enter__(self):
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: is a directory; give a file name for the output")
         parent = self.path.parent
         if str(parent) and not parent.exists():
             try:

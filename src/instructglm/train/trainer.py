@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -118,6 +119,17 @@ class TrainConfig:
         if self.load_in != "none" and self.method in ("full", "freeze"):
             raise UserError(f"load_in={self.load_in}: quantized base weights cannot be trained with "
                             f"method {self.method}; use lora")
+        if self.pack_length < 1:
+            raise UserError(f"pack_length: must be at least 1, got {self.pack_length}")
+        for key in ("save_steps", "eval_steps", "warmup_steps", "max_grad_norm", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        if self.eval_steps and not (self.val_size or self.eval_dataset):
+            raise UserError(f"eval_steps={self.eval_steps}: there is no eval set; set val_size or eval_dataset")
+        if self.method == "freeze" and self.freeze_trainable_layers == 0:
+            raise UserError("freeze_trainable_layers: 0 leaves nothing to train with method freeze")
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,6 +204,7 @@ def save_checkpoint(output_dir: Path, step: int, model, method, optimizer, sched
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        (old / COMPLETE).unlink(missing_ok=True)  # first, so a half-deleted checkpoint is never complete
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -409,11 +422,98 @@ def evaluate_loss(model, method, data, cfg: TrainConfig, pad_id: int, device) ->
 
 
 # --------------------------------------------------------------------------------------------
+# stopping early: signals and out-of-memory
+
+
+class StopRequest:
+    """SIGTERM/SIGINT handlers for the training loop: the first signal sets a flag, the loop finishes
+    its step, saves a checkpoint and stops; a second signal stops at once (``KeyboardInterrupt``).
+
+    After the save, SIGTERM returns normally (exit status 0: what SLURM and other schedulers expect
+    after a graceful pre-emption) and SIGINT raises ``KeyboardInterrupt`` (the CLI exits with 130).
+    Handlers are only installed from the main thread, and :meth:`restore` puts the previous ones back.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # only sets the flag: printing here could re-enter stderr
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, global_sum=None) -> bool:
+        """True when a signal arrived here, or (``global_sum`` over the processes) on any process."""
+        local = 1.0 if self.signum is not None else 0.0
+        if (global_sum(local) if global_sum is not None else local) <= 0:
+            return False
+        name = signal.Signals(self.signum).name if self.signum is not None else "a signal on another process"
+        print(f"\n{name} received: saving a checkpoint after this step, then stopping "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def finish(self, cfg: TrainConfig, output_dir: Path, step: int, total_steps: int, main: bool,
+               result: dict) -> dict:
+        name = signal.Signals(self.signum).name if self.signum is not None else "a signal on another process"
+        if main:
+            print(f"stopped by {name} after step {step} of {total_steps}; checkpoint saved in "
+                  f"{output_dir / f'checkpoint-{step}'}. Resume with the same command plus --resume latest",
+                  file=sys.stderr, flush=True)
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        return {**result, "interrupted": name, "checkpoint": str(output_dir / f"checkpoint-{step}")}
+
+
+def out_of_memory_message(cfg: TrainConfig, step: int, error: Exception) -> str:
+    """One line naming the settings that lower training memory, with their current values."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+    knobs = [f"lower per_device_train_batch_size (now {cfg.per_device_train_batch_size}) and raise "
+             f"gradient_accumulation_steps (now {cfg.gradient_accumulation_steps}) to keep the effective batch",
+             "tokenize with a smaller --max-seq-length"]
+    if cfg.packing and cfg.method != "ptuning":
+        knobs.append(f"lower pack_length (now {cfg.pack_length})")
+    if not cfg.gradient_checkpointing:
+        knobs.append("set gradient_checkpointing=true")
+    if cfg.load_in != "4bit" and cfg.method in ("lora", "ptuning"):
+        knobs.append("load_in=4bit (GPU, bitsandbytes)")
+    return f"step {step}: out of GPU memory ({first}); to fit: " + "; ".join(knobs)
+
+
+# --------------------------------------------------------------------------------------------
 # the recipe
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Fine-tune ``cfg.model`` on ``cfg.dataset``; return a summary with the logged losses."""
+    """Fine-tune ``cfg.model`` on ``cfg.dataset``; return a summary with the logged losses.
+
+    SIGTERM or SIGINT during the loop finishes the current step, saves a checkpoint and stops (see
+    :class:`StopRequest`); the previous signal handlers are restored however ``train`` ends.
+    """
+    stop = StopRequest()
+    try:
+        return _train(cfg, stop)
+    finally:
+        stop.restore()
+
+
+def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     import datasets
     import torch
     from accelerate import Accelerator
@@ -522,6 +622,8 @@ def train(cfg: TrainConfig) -> dict:
     window = {"loss_sum": 0.0, "tokens": 0, "time": 0.0, "all_tokens": 0}
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=None if main else True)
     step = state["step"]
+    stopped = False
+    stop.install()
     while step < total_steps:
         # Micro-batches of this optimizer step, located by global position: a resumed run sees
         # exactly the rows it would have seen without the interruption.
@@ -538,12 +640,15 @@ def train(cfg: TrainConfig) -> dict:
         n_tokens = global_sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
         t0 = time.perf_counter()
         step_loss = 0.0
-        for batch in micro:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                loss_sum, _ = wrapped(**batch)
-            accelerator.backward(loss_sum * world / max(n_tokens, 1))
-            step_loss += float(loss_sum.detach())
+        try:
+            for batch in micro:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.autocast():
+                    loss_sum, _ = wrapped(**batch)
+                accelerator.backward(loss_sum * world / max(n_tokens, 1))
+                step_loss += float(loss_sum.detach())
+        except torch.OutOfMemoryError as e:
+            raise UserError(out_of_memory_message(cfg, step + 1, e)) from None
         step_loss = global_sum(step_loss)
         if not math.isfinite(step_loss) and cfg.stop_on_nan:
             raise UserError(f"step {step + 1}: the loss is {step_loss} (not finite); lower the learning rate, "
@@ -580,7 +685,22 @@ def train(cfg: TrainConfig) -> dict:
             if main:
                 save_checkpoint(output_dir, step, model, method, optimizer, scheduler, state, cfg.save_total_limit)
             accelerator.wait_for_everyone()
+        if step < total_steps and stop.requested(global_sum):  # SIGTERM/SIGINT: save (once), then stop
+            if main and not (cfg.save_steps > 0 and step % cfg.save_steps == 0):
+                save_checkpoint(output_dir, step, model, method, optimizer, scheduler, state, cfg.save_total_limit)
+            accelerator.wait_for_everyone()
+            stopped = True
+            break
     bar.close()
+    if stopped:  # stopped by a signal: the checkpoint is the result, not final weights
+        if main:
+            writer.close()
+            plot_loss(log_path, output_dir / "loss.png")
+        return stop.finish(cfg, output_dir, step, total_steps, main,
+                           {"output_dir": str(output_dir), "steps": step,
+                            "logs": [r for r in state["logs"] if "loss" in r],
+                            "eval": [r for r in state["logs"] if "eval_loss" in r],
+                            "trainable_parameters": n_trainable})
 
     # 6. Final artefacts: the trained weights and what later stages need to use them.
     if main:
