@@ -1,0 +1,285 @@
+"""``export --format gguf``: a GGUF file for llama.cpp (and Ollama), written with the ``gguf`` package.
+
+Supported architectures (transformers ``model_type`` -> GGUF architecture):
+
+* ``llama``, ``mistral`` -> ``llama``. llama.cpp's ``llama`` architecture rotates interleaved pairs
+  of a head's dimensions, transformers rotates its two halves; the rows of ``q_proj``/``k_proj``
+  are permuted so that both compute the same attention (the same permutation llama.cpp's own
+  converter applies).
+* ``qwen2`` -> ``qwen2`` (half rotation in llama.cpp too: no permutation; Q/K/V biases kept).
+* ``gemma3_text`` -> ``gemma3``. Gemma's RMSNorm scales by ``1 + weight``; llama.cpp scales by the
+  stored weight, so 1 is added to every norm weight.
+
+Tensor names come from ``gguf.get_tensor_name_map`` (``token_embd``, ``blk.N.attn_q``, ...,
+``output_norm``, ``output``; ``output`` is left out when the embeddings are tied). Weights are
+stored as f16 (norms and other 1-D tensors stay f32) or Q8_0 (2-D weights whose rows split into
+32-value blocks). The tokenizer goes in as GGUF metadata: tokens, token types, merges (byte-level
+BPE, ``tokenizer.ggml.model = gpt2``) or scores (SentencePiece-style BPE with byte fallback,
+``llama``), the BOS/EOS/PAD ids and the chat template of the training template. An Ollama
+``Modelfile`` is written next to the GGUF file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from instructglm.config import opt
+from instructglm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "gemma3_text": "GEMMA3"}
+
+# Pre-tokenizer split patterns llama.cpp knows by name (its tokenizer.ggml.pre values).
+_PRE_PATTERNS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "qwen2",
+}
+
+
+@dataclass
+class ExportConfig:
+    output: str = opt(help="the .gguf file to write (an Ollama Modelfile is written next to it)", aliases=("-o",))
+    model: str | None = opt(None, help="model to export; default: the first adapter's base model")
+    adapter: list[str] = opt([], help="trained output directories to merge first (comma-separated, in order)")
+    format: Literal["gguf"] = opt("gguf", help="output format")
+    quant: Literal["f16", "q8_0"] = opt("f16", help="weight type: f16, or q8_0 (8-bit blocks of 32)")
+    template: str | None = opt(None, help="prompt template for the chat template and Modelfile; "
+                               "default: the adapter's, else alpaca")
+
+    def validate(self) -> None:
+        if not self.model and not self.adapter:
+            raise UserError("export: give --model, --adapter or both")
+        if Path(self.output).suffix != ".gguf":
+            raise UserError(f"-o {self.output}: the output file name must end in .gguf")
+
+
+def export(cfg: ExportConfig) -> dict:
+    from instructglm.export import modelfile
+    from instructglm.merge.merge import MergeConfig, merge
+    from instructglm.models import load_tokenizer, resolve_model
+
+    out = Path(cfg.output)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; give a .gguf file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if cfg.adapter:  # merge first, with all of merge's checks, into a scratch directory
+            result = merge(MergeConfig(adapter=list(cfg.adapter), output=str(work / "merged"), model=cfg.model,
+                                       dtype="fp32"))
+            path, trained_template = result["output"], result["template"]
+        else:
+            path = resolve_model(cfg.model)
+            info = Path(path) / "instructglm.json"
+            trained_template = json.loads(info.read_text()).get("template") if info.is_file() else None
+        if cfg.template and trained_template and cfg.template != trained_template:
+            raise UserError(f"--template {cfg.template}: the model was trained with template '{trained_template}'")
+        template = cfg.template or trained_template or "alpaca"
+        tokenizer = load_tokenizer(path)
+        mf_text = modelfile(out.name, template, tokenizer.eos_token or "", tokenizer)
+        tmp_file = work / out.name
+        stats = write_gguf(path, tmp_file, cfg.quant, template, tokenizer)
+        os.replace(tmp_file, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    mf = out.parent / "Modelfile"
+    mf.write_text(mf_text, encoding="utf-8")
+    log.info("wrote %s (%d tensors, %s) and %s", out, stats["tensors"], cfg.quant, mf)
+    return {"output": str(out), "modelfile": str(mf), "quant": cfg.quant, "template": template,
+            "size_mb": out.stat().st_size / 2**20, **stats}
+
+
+def _rope_theta(config, kind: str = "full_attention") -> float:
+    theta = getattr(config, "rope_theta", None)
+    params = getattr(config, "rope_parameters", None) or {}
+    if theta is None and isinstance(params, dict):
+        theta = params.get("rope_theta") or (params.get(kind) or {}).get("rope_theta")
+    return float(theta or 10000.0)
+
+
+def _rope_scaling(config, kind: str = "full_attention") -> dict:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(params, dict) and isinstance(params.get(kind), dict):
+        params = params[kind]
+    return params if isinstance(params, dict) else {}
+
+
+def permute_qk(w, n_head: int):
+    """Rows of a q/k projection reordered from half rotation (transformers) to interleaved pairs
+    (llama.cpp's ``llama``): within each head, rows (i, i + d/2) become (2i, 2i + 1)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model_path: str, out: Path, quant: str, template: str, tokenizer=None) -> dict:
+    import gguf
+    import numpy as np
+    from transformers import AutoConfig
+
+    from instructglm.export import chat_template
+    from instructglm.models import load_model, load_tokenizer
+
+    config = AutoConfig.from_pretrained(model_path)
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in ARCHS:
+        raise UserError(f"{model_path}/config.json: model_type '{model_type}' cannot be exported to GGUF yet "
+                        f"(supported: {', '.join(ARCHS)})")
+    arch = getattr(gguf.MODEL_ARCH, ARCHS[model_type])
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
+    n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    tokenizer = tokenizer or load_tokenizer(model_path)
+
+    writer = gguf.GGUFWriter(str(out), arch_name)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(out.stem)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(_rope_theta(config))
+    if head_dim * n_head != config.hidden_size or model_type == "gemma3_text":
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if arch_name == "llama":
+        writer.add_rope_dimension_count(head_dim)
+    scaling = _rope_scaling(config)
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        raise UserError(f"{model_path}/config.json: rope scaling '{scaling.get('rope_type')}' is not supported "
+                        f"by this exporter")
+    if model_type == "gemma3_text":
+        writer.add_sliding_window(config.sliding_window)
+        if getattr(config, "final_logit_softcapping", None):
+            writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        if getattr(config, "attn_logit_softcapping", None):
+            writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+    jinja = chat_template(template, tokenizer) or getattr(tokenizer, "chat_template", None)
+    vocab = _add_tokenizer(writer, tokenizer, config, jinja, model_path)
+    writer.add_vocab_size(vocab)
+
+    model = load_model(model_path).eval()
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    tied = getattr(config, "tie_word_embeddings", False)
+    written = 0
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UserError(f"{model_path}: tensor '{hf_name}' has no GGUF name for the {arch_name} architecture")
+        data = tensor.detach().float().numpy()
+        if arch_name == "llama" and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+            data = permute_qk(data, n_head)
+        elif arch_name == "llama" and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            data = permute_qk(data, n_kv)
+        if model_type == "gemma3_text" and hf_name.endswith("norm.weight"):
+            data = data + 1.0
+        if data.ndim == 1:
+            writer.add_tensor(name, data.astype(np.float32))
+        elif quant == "q8_0" and data.shape[-1] % 32 == 0:
+            qtype = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(data.astype(np.float32), qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, data.astype(np.float16))
+        written += 1
+    del model
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"arch": arch_name, "tensors": written, "vocab_size": vocab, "eos_token": tokenizer.eos_token or ""}
+
+
+def _add_tokenizer(writer, tokenizer, config, template_text: str | None, model_path: str) -> int:
+    """Tokenizer metadata; returns the vocabulary size written (padded to the embedding rows)."""
+    import gguf
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{model_path}: only fast (tokenizer.json) tokenizers can be exported to GGUF")
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise UserError(f"{model_path}/tokenizer.json: a {model.get('type')} tokenizer cannot be exported to GGUF "
+                        f"yet (BPE only)")
+    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(spec.get("decoder"))
+    if not byte_level and not model.get("byte_fallback"):
+        raise UserError(f"{model_path}/tokenizer.json: a BPE tokenizer without byte-level pre-tokenization or "
+                        f"byte fallback cannot be exported to GGUF")
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(f"{model_path}: the tokenizer has {len(tokenizer)} tokens but the model only "
+                        f"{config.vocab_size} embedding rows (config.json vocab_size)")
+    n = config.vocab_size
+    id_to_token = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = {a["id"]: a for a in spec.get("added_tokens", [])}
+    TT = gguf.TokenType
+    tokens, types = [], []
+    for i in range(n):
+        if i not in id_to_token:
+            tokens.append(f"[PAD{i}]")
+            types.append(TT.UNUSED)
+        elif i in added:
+            tokens.append(added[i]["content"])
+            types.append(TT.CONTROL if added[i].get("special") else TT.USER_DEFINED)
+        else:
+            tok = id_to_token[i]
+            tokens.append(tok)
+            types.append(TT.BYTE if not byte_level and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok) else TT.NORMAL)
+    if byte_level:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(_pre_name(spec.get("pre_tokenizer")))
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        writer.add_token_merges(merges)
+    else:  # SentencePiece-style BPE: llama.cpp's SPM tokenizer merges by score; earlier ids rank higher
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_scores([-float(i) if t == TT.NORMAL else 0.0 for i, t in enumerate(types)])
+        writer.add_add_space_prefix("Prepend" in json.dumps(spec.get("normalizer")))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    for key, adder in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                       ("pad_token_id", writer.add_pad_token_id), ("unk_token_id", writer.add_unk_token_id)):
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            adder(int(value))
+    probe = tokenizer("a")["input_ids"]
+    writer.add_add_bos_token(bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id)
+    writer.add_add_eos_token(bool(probe) and tokenizer.eos_token_id is not None and probe[-1] == tokenizer.eos_token_id)
+    if template_text:
+        writer.add_chat_template(template_text)
+    return n
+
+
+def _pre_name(pre_tokenizer) -> str:
+    """llama.cpp's name for a byte-level pre-tokenizer: plain GPT-2 ByteLevel, or a known split regex."""
+    if not pre_tokenizer:
+        return "default"
+    if pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("use_regex", True):
+        return "gpt-2"
+    text = json.dumps(pre_tokenizer)
+    for pattern, name in _PRE_PATTERNS.items():
+        if json.dumps(pattern)[1:-1] in text:
+            return name
+    log.warning("unknown pre-tokenizer; llama.cpp will use its default split rules, which may tokenize "
+                "some text differently")
+    return "default"
