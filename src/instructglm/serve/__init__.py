@@ -1,0 +1,1 @@
+"""serve stage: OpenAI-compatible HTTP API and chat page."""
