@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# bench/tokenize.py would hide the standard library's tokenize module: drop this folder from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 WORDS = ("the model data answer question write list explain short long simple example result people "
          "city river water light house music table story reason number small large first second time "
          "world language learn train value change method paper system network memory language speed "

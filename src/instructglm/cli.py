@@ -35,9 +35,18 @@ def _tokenize(args) -> Any:
     from instructglm.data.tokenize import TokenizeConfig, tokenize_file
 
     cfg = load_config(TokenizeConfig, flags=_flags(args, TokenizeConfig))
-    stats = tokenize_file(cfg)
-    print(f"{stats['rows_out']} rows written to {cfg.output} ({stats['rows_skipped']} skipped, "
-          f"{stats['rows_truncated']} truncated); lengths {stats['length_after']}")
+    stats = tokenize_file(cfg, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    for example in stats.get("examples", []):
+        print(example + "\n")
+    if stats.get("up_to_date"):
+        print(f"{cfg.output}: up to date ({stats['rows_out']} rows; same input, tokenizer, template and "
+              f"options); --force to redo")
+        return stats
+    print(f"{stats['rows_out']} rows written to {cfg.output} in {stats.get('seconds', 0):.1f} s "
+          f"({stats['rows_skipped']} skipped, {stats['rows_truncated']} truncated: "
+          f"{stats.get('rows_truncated_prompt', 0)} in the prompt, {stats.get('rows_truncated_response', 0)} "
+          f"in the response; {stats.get('num_proc', 1)} process(es))")
+    print(f"lengths before {stats['length_before']}\nlengths after  {stats['length_after']}")
     return stats
 
 
@@ -48,7 +57,7 @@ def _train(args) -> Any:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args.nproc, args.argv)
     result = train(cfg)
-    if os.environ.get("RANK", "0") != "0":
+    if os.environ.get("RANK", "0") != "0" or result.get("interrupted"):  # interrupted: train() said how to resume
         return result
     last = result["logs"][-1]["loss"] if result["logs"] else float("nan")
     print(f"trained {result['steps']} steps, final loss {last:.4f}; adapter in {result['output_dir']}")
@@ -58,19 +67,54 @@ def _train(args) -> Any:
 def _infer(args) -> Any:
     from instructglm.infer.generate import InferConfig, infer
 
-    cfg = load_config(InferConfig, flags=_flags(args, InferConfig))
+    cfg = load_config(InferConfig, flags=_adapter_flags(args, InferConfig))
     result = infer(cfg)
-    print(f"wrote {result['records']} predictions to {result['output']} (template {result['template']})")
+    resumed = f"; {result['resumed']} rows resumed from {result['output']}.partial" if result.get("resumed") else ""
+    print(f"wrote {result['records']} predictions to {result['output']} (template {result['template']}, "
+          f"columns {', '.join(result['columns'])}{resumed})")
     return result
+
+
+def _chat(args) -> Any:
+    from instructglm.infer.chat import ChatConfig, chat
+
+    return chat(load_config(ChatConfig, flags=_adapter_flags(args, ChatConfig)))
+
+
+def _adapter_flags(args, cls) -> dict:
+    """``_flags`` with every ``--adapter`` value when the flag is given several times (argparse keeps the last)."""
+    flags = _flags(args, cls)
+    again = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    again.add_argument("--adapter", action="append", default=[])
+    adapters = again.parse_known_args(args.argv)[0].adapter
+    if len(adapters) > 1:
+        flags["adapter"] = adapters
+    return flags
 
 
 def _merge(args) -> Any:
     from instructglm.merge.merge import MergeConfig, merge
 
-    cfg = load_config(MergeConfig, flags=_flags(args, MergeConfig))
+    cfg = load_config(MergeConfig, flags=_adapter_flags(args, MergeConfig))  # --adapter A,B or repeated
     result = merge(cfg)
-    print(f"merged model written to {result['output']} "
-          f"(max |logit diff| vs base+adapter: {result['max_abs_logit_diff']:.2e})")
+    for s in result["steps"]:
+        print(f"  {s['adapter']} ({s['method']}): max |logit diff| merged vs unmerged {s['max_abs_logit_diff']:.2e}, "
+              f"adapter effect {s['adapter_effect']:.2e}")
+    cast = (f"; saved as {result['dtype']}, cast changes logits by {result['cast_logit_diff']:.2e}"
+            if result["dtype"] != "float32" else "")
+    print(f"merged model written to {result['output']} (max |logit diff| vs base+adapter: "
+          f"{result['max_abs_logit_diff']:.2e}, tolerance {result['tolerance']:.0e}, checked in fp32{cast}; "
+          f"read back within {result['readback_diff']:.2e})")
+    return result
+
+
+def _export(args) -> Any:
+    from instructglm.export.gguf import ExportConfig, export
+
+    cfg = load_config(ExportConfig, flags=_adapter_flags(args, ExportConfig))
+    result = export(cfg)
+    print(f"wrote {result['output']} ({result['arch']}, {result['quant']}, {result['tensors']} tensors, "
+          f"{result['size_mb']:.1f} MB) and {result['modelfile']}")
     return result
 
 
@@ -99,6 +143,14 @@ def _report(args) -> Any:
     path = write_report(cfg)
     print(f"report written to {path}")
     return path
+
+
+def _serve(args) -> Any:
+    from instructglm.serve.app import ServeConfig, repeated_flag, serve
+
+    flags = _flags(args, ServeConfig)
+    flags["adapter"] = repeated_flag(args.argv, "--adapter") or None  # --adapter may be given several times
+    return serve(load_config(ServeConfig, flags=flags))
 
 
 def _launch(nproc: int, argv: list[str]) -> None:
@@ -132,8 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     from instructglm.demo import DemoConfig
     from instructglm.eval.evaluate import EvalConfig
     from instructglm.eval.report import ReportConfig
+    from instructglm.infer.chat import ChatConfig
     from instructglm.infer.generate import InferConfig
+    from instructglm.export.gguf import ExportConfig
     from instructglm.merge.merge import MergeConfig
+    from instructglm.serve.app import ServeConfig
     from instructglm.train.trainer import TrainConfig
 
     parser = argparse.ArgumentParser(prog="instructglm", description="Instruction-tune causal language models, "
@@ -163,10 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, default=1, help="launch N training processes on this machine "
                        "(torchrun); for several machines use torchrun or accelerate launch directly")
     command("infer", _infer, InferConfig, "generate answers for a data file")
-    command("merge", _merge, MergeConfig, "fold a LoRA adapter into the base model")
+    command("chat", _chat, ChatConfig, "talk to a model in the terminal, streaming (/reset, /adapter NAME, /exit)")
+    command("merge", _merge, MergeConfig, "fold LoRA adapters (in order), Freeze or full results into the base model")
+    command("export", _export, ExportConfig, "write a GGUF file (llama.cpp) and an Ollama Modelfile")
     command("demo", _demo, DemoConfig, "tune the embedded model on the embedded data and show before/after")
     ev = command("eval", _eval, EvalConfig, "score predictions: EM, BLEU-4, ROUGE, per category, base vs tuned")
     ev.add_argument("predictions_pos", nargs="?", metavar="PRED.jsonl", help="predictions JSONL from 'infer'")
+    command("serve", _serve, ServeConfig, "OpenAI-compatible HTTP API and chat page for a model and its adapters")
     rep = command("report", _report, ReportConfig, "write a self-contained HTML report of a run")
     rep.add_argument("run_dir_pos", nargs="?", metavar="RUN_DIR", help="demo work dir or train output dir")
     return parser
