@@ -20,7 +20,8 @@ httpx = pytest.importorskip("httpx")
 
 from instructglm.data.templates import get_template  # noqa: E402
 from instructglm.infer.generate import Generator  # noqa: E402
-from instructglm.serve.app import ServeConfig, Server, build_server, create_app, repeated_flag  # noqa: E402
+from instructglm.config import load_config  # noqa: E402
+from instructglm.serve.app import ServeConfig, Server, build_server, create_app  # noqa: E402
 
 KEY = "s3cret-key"
 HELLO = [{"role": "user", "content": "Who are you?"}]
@@ -283,8 +284,11 @@ def test_concurrent_load_is_batched_without_errors(served):
 
 
 def test_repeated_adapter_flag():
-    argv = ["serve", "--adapter", "a=/x", "--model", "m", "--adapter=b=/y"]
-    assert repeated_flag(argv, "--adapter") == ["a=/x", "b=/y"]
+    from instructglm.cli import _flags, build_parser
+
+    args = build_parser().parse_args(["serve", "--adapter", "a=/x", "--model", "m", "--adapter=b=/y,c=/z"])
+    cfg = load_config(ServeConfig, flags=_flags(args, ServeConfig))
+    assert cfg.adapter == ["a=/x", "b=/y", "c=/z"] and cfg.model == "m"
 
 
 def _browser():

@@ -67,7 +67,7 @@ def _train(args) -> Any:
 def _infer(args) -> Any:
     from instructglm.infer.generate import InferConfig, infer
 
-    cfg = load_config(InferConfig, flags=_adapter_flags(args, InferConfig))
+    cfg = load_config(InferConfig, flags=_flags(args, InferConfig))
     result = infer(cfg)
     resumed = f"; {result['resumed']} rows resumed from {result['output']}.partial" if result.get("resumed") else ""
     print(f"wrote {result['records']} predictions to {result['output']} (template {result['template']}, "
@@ -78,24 +78,13 @@ def _infer(args) -> Any:
 def _chat(args) -> Any:
     from instructglm.infer.chat import ChatConfig, chat
 
-    return chat(load_config(ChatConfig, flags=_adapter_flags(args, ChatConfig)))
-
-
-def _adapter_flags(args, cls) -> dict:
-    """``_flags`` with every ``--adapter`` value when the flag is given several times (argparse keeps the last)."""
-    flags = _flags(args, cls)
-    again = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    again.add_argument("--adapter", action="append", default=[])
-    adapters = again.parse_known_args(args.argv)[0].adapter
-    if len(adapters) > 1:
-        flags["adapter"] = adapters
-    return flags
+    return chat(load_config(ChatConfig, flags=_flags(args, ChatConfig)))
 
 
 def _merge(args) -> Any:
     from instructglm.merge.merge import MergeConfig, merge
 
-    cfg = load_config(MergeConfig, flags=_adapter_flags(args, MergeConfig))  # --adapter A,B or repeated
+    cfg = load_config(MergeConfig, flags=_flags(args, MergeConfig))
     result = merge(cfg)
     for s in result["steps"]:
         print(f"  {s['adapter']} ({s['method']}): max |logit diff| merged vs unmerged {s['max_abs_logit_diff']:.2e}, "
@@ -111,7 +100,7 @@ def _merge(args) -> Any:
 def _export(args) -> Any:
     from instructglm.export.gguf import ExportConfig, export
 
-    cfg = load_config(ExportConfig, flags=_adapter_flags(args, ExportConfig))
+    cfg = load_config(ExportConfig, flags=_flags(args, ExportConfig))
     result = export(cfg)
     print(f"wrote {result['output']} ({result['arch']}, {result['quant']}, {result['tensors']} tensors, "
           f"{result['size_mb']:.1f} MB) and {result['modelfile']}")
@@ -146,11 +135,9 @@ def _report(args) -> Any:
 
 
 def _serve(args) -> Any:
-    from instructglm.serve.app import ServeConfig, repeated_flag, serve
+    from instructglm.serve.app import ServeConfig, serve
 
-    flags = _flags(args, ServeConfig)
-    flags["adapter"] = repeated_flag(args.argv, "--adapter") or None  # --adapter may be given several times
-    return serve(load_config(ServeConfig, flags=flags))
+    return serve(load_config(ServeConfig, flags=_flags(args, ServeConfig)))
 
 
 def _launch(nproc: int, argv: list[str]) -> None:

@@ -81,9 +81,11 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if origin is list:
             (elem,) = typing.get_args(inner) or (str,)
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                value = [value]
             if not isinstance(value, list):
                 raise ValueError(value)
+            value = [v.strip() for item in value for v in (item.split(",") if isinstance(item, str) else [item])
+                     if not isinstance(v, str) or v.strip()]
             return [coerce(key, v, elem) for v in value]
         if typing.get_origin(inner) is typing.Literal:
             choices = typing.get_args(inner)
@@ -125,6 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if inner is bool:
             parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
+        elif typing.get_origin(inner) is list:  # repeatable: --adapter a=x --adapter b=y (or a=x,b=y)
+            parser.add_argument(*names, dest=f.name, action="append", default=None, metavar=f.name.upper(),
+                                help=help_text + " (repeatable)")
         else:
             parser.add_argument(*names, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 

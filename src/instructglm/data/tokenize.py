@@ -28,7 +28,6 @@ length statistics are histograms.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from instructglm.config import opt
+from instructglm.data.records import file_sha256
 from instructglm.data.templates import Segment, Template, get_template
 from instructglm.errors import UserError, where
 
@@ -233,14 +233,6 @@ def _percentiles(lengths: list[int]) -> dict:
     import numpy as np
 
     return _hist_percentiles(_add_hist(np.zeros(0, dtype=np.int64), list(lengths)))
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +543,7 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
     if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
         raise UserError(f"{out}: exists and is not a tokenized dataset; choose another output directory")
 
-    source_sha = _sha256(src)
+    source_sha = file_sha256(src)
     template_name = None if cfg.template == "model" else get_template(cfg.template).name
     model_path = resolve_model(cfg.model) if tokenizer is None else None
     tok_files = _tokenizer_files(model_path) if model_path else None

@@ -20,7 +20,6 @@ and the partial file is removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from instructglm.config import opt
+from instructglm.data.records import file_sha256
 from instructglm.errors import UserError, where
 
 log = logging.getLogger(__name__)
@@ -331,14 +331,6 @@ def partial_path(output: str | Path) -> Path:
     return Path(str(output) + PARTIAL_SUFFIX)
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_partial(path: Path, settings: dict) -> dict[int, dict]:
     """Rows already finished by an interrupted run with the same ``settings``, by index.
 
@@ -407,7 +399,7 @@ def infer(cfg: InferConfig) -> dict:
         columns = [("prediction", next(iter(adapters), None))]
     if cfg.compare_base:
         columns.append(("base_prediction", None))
-    settings = {"data_sha256": _sha256(cfg.data), "model": cfg.model,
+    settings = {"data_sha256": file_sha256(cfg.data), "model": cfg.model,
                 "adapters": {n: str(Path(p).resolve()) for n, p in adapters.items()}, "template": template_name,
                 "columns": [c for c, _ in columns], "max_new_tokens": cfg.max_new_tokens,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,

@@ -67,17 +67,6 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def repeated_flag(argv: list[str], flag: str) -> list[str]:
-    """Every value of a flag that may be given several times (``--adapter a=x --adapter b=y``)."""
-    out, it = [], iter(argv)
-    for a in it:
-        if a == flag:
-            out.append(next(it, ""))
-        elif a.startswith(flag + "="):
-            out.append(a[len(flag) + 1:])
-    return out
-
-
 # --------------------------------------------------------------------------------------- parsing
 def _number(body: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     v = body.get(key)
