@@ -79,3 +79,19 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         load_config(TrainConfig, None, ["dataset=d", "output_dir=o", "lr_scheduler=wild"])
     with pytest.raises(UserError, match="missing required option"):
         load_config(TrainConfig, None, ["dataset=d"])
+
+
+def test_several_tokenized_parts_train_as_one(tmp_path, dataset, tiny_models):
+    """Shards tokenized separately (e.g. on different machines) give the same run as one dataset."""
+    import datasets
+
+    whole = datasets.load_from_disk(str(dataset))
+    manifest = (dataset / "manifest.json").read_text()
+    for i, rows in enumerate([range(0, 5), range(5, len(whole))]):
+        part = tmp_path / f"part{i}"
+        whole.select(rows).save_to_disk(str(part))
+        (part / "manifest.json").write_text(manifest)
+    model = tiny_models("llama")
+    one = train(_cfg(dataset, tmp_path / "one", model, save_steps=0))
+    two = train(_cfg(f"{tmp_path / 'part0'},{tmp_path / 'part1'}", tmp_path / "two", model, save_steps=0))
+    assert [r["loss"] for r in two["logs"]] == [r["loss"] for r in one["logs"]]

@@ -43,7 +43,8 @@ COMPLETE = ".complete"
 
 @dataclass
 class TrainConfig:
-    dataset: str = opt(help="tokenized dataset directory (from 'instructglm tokenize')", aliases=("--dataset_path",))
+    dataset: str = opt(help="tokenized dataset directory (from 'instructglm tokenize'); several, comma-separated, "
+                       "are trained as one (e.g. shards tokenized on different machines)", aliases=("--dataset_path",))
     output_dir: str = opt(help="where the trained weights, logs and checkpoints go", aliases=("--output_dir", "-o"))
     model: str = opt("gemma3-270m", help="base model: embedded name, directory, .gguf file or hub id")
     method: Literal["lora", "ptuning", "freeze", "full"] = opt("lora", help="tuning method")
@@ -530,10 +531,14 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     method = get_method(cfg.method)
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
-    manifest = check_dataset(cfg.dataset, cfg, tokenizer)
+    parts = [d.strip() for d in cfg.dataset.split(",") if d.strip()]
+    manifests = [check_dataset(d, cfg, tokenizer) for d in parts]
+    manifest = manifests[0]
+    if len({m.get("template") for m in manifests}) > 1:
+        raise UserError(f"dataset: the parts {', '.join(parts)} were tokenized with different templates")
     if cfg.eval_dataset:
         check_dataset(cfg.eval_dataset, cfg, tokenizer)
-    data, eval_data = split_eval(datasets.load_from_disk(cfg.dataset), cfg)
+    data, eval_data = split_eval(datasets.concatenate_datasets([datasets.load_from_disk(d) for d in parts]), cfg)
     if len(data) == 0:
         raise UserError(f"{cfg.dataset}: the dataset is empty")
     dtype, mixed = resolve_precision(cfg)
