@@ -102,8 +102,9 @@ class SegmentEncoder:
         """Token ids of each text, no special tokens. Fast tokenizers are called directly (the Rust
         ``encode_batch``): transformers' wrapper would build offsets, masks and dicts nobody reads here."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        if backend is not None:  # encode_batch_fast (tokenizers >= 0.20) skips the offsets: same ids
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            return [e.ids for e in encode(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def encode(self, conversations: list[list[Segment]]) -> list[tuple[list[int], list[int]]]:
