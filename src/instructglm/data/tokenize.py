@@ -595,6 +595,48 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
     return result
 
 
+def _shards_as_dataset(folder: Path, shards: list[str], rows: int) -> None:
+    """Make ``folder`` a dataset ``datasets.load_from_disk`` opens, from the workers' Arrow shards.
+
+    The shards already are Arrow stream files, the format ``save_to_disk`` writes, so they are
+    renamed into place with the two small JSON files that describe them, instead of being read back
+    and copied (which, at 2M rows, touched every page of the data again). The result is opened once
+    to check it; should that fail, the shards are copied with ``save_to_disk`` after all.
+    """
+    import datasets
+
+    full = [s for s in shards if datasets.Dataset.from_file(s).num_rows]
+    for s in set(shards) - set(full):
+        os.unlink(s)
+    names = [f"data-{i:05d}-of-{len(full):05d}.arrow" for i in range(len(full))]
+    for s, name in zip(full, names):
+        os.replace(s, folder / name)
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                                  "labels": datasets.List(datasets.Value("int32"))})
+    info = {"citation": "", "description": "", "features": features.to_dict(), "homepage": "", "license": ""}
+    state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": os.urandom(8).hex(),
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+             "_split": None}
+    (folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+        ok = ds.num_rows == rows and ds.column_names == ["input_ids", "labels"]
+    except Exception:  # noqa: BLE001  (any failure: take the slow, library-written path)
+        ok = False
+    if ok:
+        return
+    parts = [datasets.Dataset.from_file(str(folder / n)) for n in names]
+    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    ds.save_to_disk(str(folder / "data"))
+    del ds, parts
+    for n in names + ["dataset_info.json", "state.json"]:
+        os.unlink(folder / n)
+    for item in (folder / "data").iterdir():
+        os.replace(item, folder / item.name)
+    (folder / "data").rmdir()
+
+
 def _tokenize_into(cfg: TokenizeConfig, src: Path, out: Path, template: Template, encoder: SegmentEncoder,
                    manifest: dict) -> dict:
     import multiprocessing as mp
@@ -663,16 +705,7 @@ def _tokenize_into(cfg: TokenizeConfig, src: Path, out: Path, template: Template
             before, after = _merge_hist(before, r["before"]), _merge_hist(after, r["after"])
         stats["length_before"] = _hist_percentiles(before)
         stats["length_after"] = _hist_percentiles(after)
-        parts = [datasets.Dataset.from_file(s) for s in shards]
-        parts = [p for p in parts if len(p)]
-        ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-        ds.save_to_disk(str(tmp / "data"))
-        del ds, parts
-        for s in shards:
-            os.unlink(s)
-        for item in (tmp / "data").iterdir():
-            os.replace(item, tmp / item.name)
-        (tmp / "data").rmdir()
+        _shards_as_dataset(tmp, shards, stats["rows_out"])
         stats["seconds"] = round(time.perf_counter() - started, 2)
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
