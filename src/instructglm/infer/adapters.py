@@ -38,8 +38,16 @@ def parse_adapters(specs: list[str] | str | None) -> dict[str, str]:
     return out
 
 
-def adapter_info(path: str) -> dict:
-    info = Path(path) / "instructglm.json"
+def adapter_info(path: str | None) -> dict:
+    """The run info (``instructglm.json``: base model, method, template) a ``train`` output holds;
+    ``{}`` for no adapter or a directory without one."""
+    from instructglm.train.trainer import RUN_INFO
+
+    if not path:
+        return {}
+    if not Path(path).is_dir():
+        raise UserError(f"--adapter {path}: directory not found")
+    info = Path(path) / RUN_INFO
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
@@ -71,7 +79,9 @@ def load_with_adapters(model: str | None, adapters: dict[str, str], trust_remote
                 loaded.load_adapter(adapters[name], adapter_name=name)
             except (ValueError, OSError, KeyError) as e:
                 raise UserError(f"--adapter {name}={adapters[name]}: cannot load beside the others: {e}") from None
-    if names and hasattr(loaded, "set_adapter"):
+    from peft import PeftModel
+
+    if names and isinstance(loaded, PeftModel):  # freeze/full results are plain models: nothing to switch
         loaded.set_adapter(names[0])
     loaded.eval()
     return loaded, tokenizer, names
