@@ -68,9 +68,9 @@ def test_method_losses_and_what_it_trains(method, tmp_path, tiny_models, dataset
 
     base = AutoModelForCausalLM.from_pretrained(model)
     before = {k: v.detach().clone() for k, v in base.named_parameters()}
-    from instructglm.infer.generate import load_for_inference
+    from instructglm.infer.adapters import load_with_adapters
 
-    tuned, _, _ = load_for_inference(model, str(tmp_path / "out"))
+    tuned, _, _ = load_with_adapters(model, {"out": str(tmp_path / "out")})
     if method in ("lora", "ptuning"):
         tuned = tuned.merge_and_unload() if method == "lora" else tuned.get_base_model()
     changed = _changed(before, tuned)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -251,7 +250,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructglm {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

@@ -105,7 +105,32 @@ class Template:
         return {"template": self.name}
 
 
-class AlpacaTemplate(Template):
+class TurnTemplate(Template):
+    """Templates that put a system message first (blank line after it), render each user turn with
+    :meth:`user_text` and then train on the assistant's answer + EOS."""
+
+    def user_text(self, m: dict, round_no: int) -> str:
+        raise NotImplementedError
+
+    def render(self, messages: list[dict]) -> list[Segment]:
+        segments: list[Segment] = []
+        pending, round_no = "", 0
+        for m in messages:
+            if m["role"] == "system":
+                pending += m["content"] + "\n\n"
+            elif m["role"] == "user":
+                round_no += 1
+                pending += self.user_text(m, round_no)
+            else:
+                segments.append(Segment(pending, False))
+                segments.append(Segment(m["content"], True))
+                pending = ""
+        if pending:
+            segments.append(Segment(pending, False))
+        return segments
+
+
+class AlpacaTemplate(TurnTemplate):
     """The seeds' format: ``### Instruction:\\n…\\n\\n### Input:\\n…\\n\\n### Response:\\n`` (no Input
     block when the input is empty). A system message, if any, comes first followed by a blank line."""
 
@@ -113,51 +138,21 @@ class AlpacaTemplate(Template):
     stop = ("### Instruction:", "### Input:", "### Response:")
     opening = "### Response:\n"
 
-    def _user(self, m: dict) -> str:
+    def user_text(self, m: dict, round_no: int) -> str:
         if m.get("input"):
             return f"### Instruction:\n{m.get('instruction', '')}\n\n### Input:\n{m['input']}\n\n### Response:\n"
         return f"### Instruction:\n{m['content']}\n\n### Response:\n"
 
-    def render(self, messages: list[dict]) -> list[Segment]:
-        segments: list[Segment] = []
-        pending = ""
-        for m in messages:
-            if m["role"] == "system":
-                pending += m["content"] + "\n\n"
-            elif m["role"] == "user":
-                pending += self._user(m)
-            else:
-                segments.append(Segment(pending, False))
-                segments.append(Segment(m["content"], True))
-                pending = ""
-        if pending:
-            segments.append(Segment(pending, False))
-        return segments
 
-
-class ChatGLMTemplate(Template):
+class ChatGLMTemplate(TurnTemplate):
     """``[Round n]\\n\\n问：…\\n\\n答：`` + answer + EOS, rounds from 1, a blank line between rounds."""
 
     name = "chatglm"
     stop = ("[Round ", "\n问：")
     opening = "\n\n答："
 
-    def render(self, messages: list[dict]) -> list[Segment]:
-        segments: list[Segment] = []
-        pending, rnd = "", 0
-        for m in messages:
-            if m["role"] == "system":
-                pending += m["content"] + "\n\n"
-            elif m["role"] == "user":
-                rnd += 1
-                pending += ("\n\n" if rnd > 1 else "") + f"[Round {rnd}]\n\n问：{m['content']}\n\n答："
-            else:
-                segments.append(Segment(pending, False))
-                segments.append(Segment(m["content"], True))
-                pending = ""
-        if pending:
-            segments.append(Segment(pending, False))
-        return segments
+    def user_text(self, m: dict, round_no: int) -> str:
+        return ("\n\n" if round_no > 1 else "") + f"[Round {round_no}]\n\n问：{m['content']}\n\n答："
 
 
 _FILE_KEYS = {"name", "system", "user", "assistant_prefix", "assistant_suffix", "turn_separator", "stop",

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -236,12 +235,6 @@ def _hist_percentiles(hist) -> dict:
     mean = float((np.arange(len(hist)) * hist).sum()) / total
     return {"min": at(0), "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": at(total - 1),
             "mean": round(mean, 1)}
-
-
-def _percentiles(lengths: list[int]) -> dict:
-    import numpy as np
-
-    return _hist_percentiles(_add_hist(np.zeros(0, dtype=np.int64), list(lengths)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 from instructglm.config import opt
 from instructglm.data.records import file_sha256
 from instructglm.errors import UserError, where
+from instructglm.infer.adapters import adapter_info
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,6 @@ def check_sampling(cfg) -> None:
         raise UserError(f"--repetition-penalty: must be positive, got {cfg.repetition_penalty}")
 
 
-def run_info(adapter: str | None) -> dict:
-    from instructglm.train.trainer import RUN_INFO
-
-    if not adapter:
-        return {}
-    path = Path(adapter)
-    if not path.is_dir():
-        raise UserError(f"--adapter {adapter}: directory not found")
-    info = path / RUN_INFO
-    return json.loads(info.read_text()) if info.is_file() else {}
-
-
 def choose_template(requested: str | None, info: dict) -> str:
     trained = info.get("template")
     if requested and trained and requested != trained:
@@ -103,27 +92,13 @@ def choose_template(requested: str | None, info: dict) -> str:
 
 def common_run_info(adapters: dict[str, str]) -> dict:
     """The run info of the adapters; all of them must have been trained with one template."""
-    infos = {name: run_info(path) for name, path in adapters.items()}
+    infos = {name: adapter_info(path) for name, path in adapters.items()}
     trained = {name: i["template"] for name, i in infos.items() if i.get("template")}
     if len(set(trained.values())) > 1:
         listed = ", ".join(f"{n}: {t}" for n, t in trained.items())
         raise UserError(f"--adapter: the adapters were trained with different templates ({listed}); "
                         f"run infer once per template")
     return next((i for i in infos.values() if i.get("template")), {})
-
-
-def load_for_inference(model: str, adapter: str | None, trust_remote_code: bool = False):
-    """(model, tokenizer, base_path) with the trained weights of ``adapter`` attached, in eval mode."""
-    from instructglm.models import load_model, load_tokenizer, resolve_model
-    from instructglm.train.methods import get_method
-
-    path = resolve_model(model)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    loaded = load_model(path, trust_remote_code=trust_remote_code)
-    if adapter:
-        loaded = get_method(run_info(adapter).get("method", "lora")).attach(loaded, adapter)
-    loaded.eval()
-    return loaded, tokenizer, path
 
 
 # --------------------------------------------------------------------------- stopping

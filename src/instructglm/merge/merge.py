@@ -65,14 +65,14 @@ def _max_diff(a, b, mask) -> float:
 
 def _check_adapters(adapters: list[str]) -> list[tuple[str, dict, str]]:
     """``(path, run info, method)`` for each adapter, refusing what cannot be merged."""
-    from instructglm.infer.generate import run_info
+    from instructglm.infer.adapters import adapter_info
     from instructglm.train.methods import get_method
 
     if not adapters:
         raise UserError("--adapter: give at least one trained output directory")
     out = []
     for i, a in enumerate(adapters):
-        info = run_info(a)
+        info = adapter_info(a)
         name = info.get("method", "lora")
         if not get_method(name).MERGEABLE:
             raise UserError(f"{a}: a {name} prefix lives in the attention cache and cannot be "

@@ -386,22 +386,20 @@ def gpu_peak_flops() -> float:
     return 312e12
 
 
-class LossForward:
-    """Wraps the model so that the loss is computed inside ``forward``: under DDP/FSDP (accelerate
+def loss_module(model, method):
+    """The model wrapped so that the loss is computed inside ``forward``: under DDP/FSDP (accelerate
     wraps this module) gradient synchronisation then sees the whole computation."""
+    import torch
 
-    def __new__(cls, model, method):
-        import torch
+    class LossForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class _LossForward(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, **batch):
+            return batch_loss_sum(self.model, method, batch)
 
-            def forward(self, **batch):
-                return batch_loss_sum(self.model, method, batch)
-
-        return _LossForward()
+    return LossForward()
 
 
 def evaluate_loss(model, method, data, cfg: TrainConfig, pad_id: int, device) -> float:
@@ -577,7 +575,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
                                   fused=torch.cuda.is_available())
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
-    wrapped, optimizer = accelerator.prepare(LossForward(model, method), optimizer)
+    wrapped, optimizer = accelerator.prepare(loss_module(model, method), optimizer)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     flops_per_token = training_flops_per_token(model, n_trainable, cfg.method)
