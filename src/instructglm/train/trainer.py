@@ -178,18 +178,41 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(output_dir: Path, step: int, model, method, optimizer, scheduler, state: dict,
-                    keep: int) -> Path:
+def gather_trained_state(inner) -> dict:
+    """The trained tensors, whole and on the CPU, keyed like the tuned model's own state dict.
+
+    Every process must call this (under FSDP it all-gathers the shards); the main process gets the
+    tensors, the others an empty dict. Frozen base weights are never gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                 ignore_frozen_params=True))
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def gather_optimizer_state(inner, optimizer) -> dict:
+    """Optimizer state keyed by parameter name, whole (not per-shard): a checkpoint written by N
+    processes, under DDP or FSDP, resumes in any number of processes. Collective like the above."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(inner, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_checkpoint(output_dir: Path, step: int, model, method, weights: dict, optimizer_state: dict,
+                    scheduler, state: dict, keep: int) -> Path:
     """Write ``checkpoint-STEP`` through a temporary directory; the ``.complete`` marker is written last
-    and the directory renamed into place, so a crash never leaves a checkpoint that resume would pick."""
+    and the directory renamed into place, so a crash never leaves a checkpoint that resume would pick.
+    ``weights`` and ``optimizer_state`` come from :func:`gather_trained_state` and
+    :func:`gather_optimizer_state` (main process only)."""
     import torch
     from safetensors.torch import save_file
 
     final = output_dir / f"checkpoint-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.tmp-", dir=output_dir))
     try:
-        method.save(model, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        method.save(model, tmp, weights)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -210,14 +233,26 @@ def save_checkpoint(output_dir: Path, step: int, model, method, optimizer, sched
     return final
 
 
-def load_checkpoint(path: Path, model, method, optimizer, scheduler) -> dict:
-    import torch
-    from safetensors.torch import load_file
-
+def load_checkpoint_weights(path: Path, model, method) -> None:
+    """Put a checkpoint's trained weights into the model; before ``accelerator.prepare`` (sharding)."""
     if not (path / COMPLETE).is_file():
         raise UserError(f"{path}: not a complete checkpoint (no {COMPLETE} marker)")
     method.load(model, path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def load_checkpoint_state(path: Path, inner, optimizer, scheduler, sharded: bool) -> dict:
+    """Optimizer, scheduler and RNG state of a checkpoint, after ``accelerator.prepare``; returns the
+    trainer state (step and logs). ``sharded``: FSDP, where each process keeps its part of the state."""
+    import torch
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    saved = torch.load(path / "optimizer.pt", weights_only=True)
+    try:
+        set_optimizer_state_dict(inner, optimizer, saved, options=StateDictOptions(full_state_dict=sharded))
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path / 'optimizer.pt'}: optimizer state does not fit this run's trainable "
+                        f"parameters ({type(e).__name__}: {e}); was it written with another method or model?") from None
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
@@ -386,6 +421,18 @@ def gpu_peak_flops() -> float:
     return 312e12
 
 
+def engine_name(accelerator) -> str:
+    """How the processes share the work, in the words users configure it with."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version} (parameters, gradients and optimizer state sharded)"
+    if kind == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return "DDP" if accelerator.num_processes > 1 else "one process"
+
+
 def loss_module(model, method):
     """The model wrapped so that the loss is computed inside ``forward``: under DDP/FSDP (accelerate
     wraps this module) gradient synchronisation then sees the whole computation."""
@@ -395,6 +442,8 @@ def loss_module(model, method):
         def __init__(self):
             super().__init__()
             self.model = model
+            # FSDP's transformer-based auto-wrap looks up the block classes on the module it is given
+            self._no_split_modules = getattr(model, "_no_split_modules", None)
 
         def forward(self, **batch):
             return batch_loss_sum(self.model, method, batch)
@@ -402,8 +451,9 @@ def loss_module(model, method):
     return LossForward()
 
 
-def evaluate_loss(model, method, data, cfg: TrainConfig, pad_id: int, device) -> float:
-    """Token-mean loss over a whole tokenized dataset, without gradients."""
+def evaluate_loss(loss_fn, model, method, data, cfg: TrainConfig, pad_id: int, device) -> float:
+    """Token-mean loss over a whole tokenized dataset, without gradients. ``loss_fn`` is the prepared
+    loss module (under FSDP only its forward gathers the weights); ``model`` the module it wraps."""
     import torch
 
     was_training = model.training
@@ -413,7 +463,7 @@ def evaluate_loss(model, method, data, cfg: TrainConfig, pad_id: int, device) ->
         for start in range(0, len(data), cfg.per_device_train_batch_size):
             batch = make_batch(data[start:start + cfg.per_device_train_batch_size], cfg, method, pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss_sum, n = batch_loss_sum(model, method, batch)
+            loss_sum, n = loss_fn(**batch)
             total += float(loss_sum)
             count += n
     model.train(was_training)
@@ -516,7 +566,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     import datasets
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -545,6 +595,10 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     #    Under torchrun / accelerate launch every process runs this same code on its share of the data.
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())  # cpu: gloo when launched
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded and method.USES_MODEL_FORWARD:
+        raise UserError(f"method {cfg.method} does not run under FSDP (PEFT builds its prefix outside the "
+                        f"sharded forward); its few parameters need no sharding: launch without the FSDP config")
     set_seed(cfg.seed)
     base = load_base(cfg, model_path, dtype)
     if cfg.gradient_checkpointing:
@@ -563,6 +617,8 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         print(f"# trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%)")
         return {"output_dir": str(output_dir), "steps": 0, "logs": [], "trainable_parameters": n_trainable,
                 "dry_run": True}
+    if resume_from is not None:  # trained weights go in before sharding; optimizer state after
+        load_checkpoint_weights(resume_from, model, method)
     model.train()
 
     # 3. Schedule: one optimizer step = gradient_accumulation_steps micro-batches on each process;
@@ -575,16 +631,18 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
                                   fused=torch.cuda.is_available())
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+    flops_per_token = training_flops_per_token(model, n_trainable, cfg.method)
     wrapped, optimizer = accelerator.prepare(loss_module(model, method), optimizer)
+    inner = accelerator.unwrap_model(wrapped)  # the loss module itself (FSDP shards it in place)
+    trainable = [p for p in inner.parameters() if p.requires_grad]  # FSDP replaced them by sharded ones
     if cfg.compile:
         wrapped = torch.compile(wrapped)
-    flops_per_token = training_flops_per_token(model, n_trainable, cfg.method)
 
     # 4. Output directory, resume state and logs (only the main process writes files).
     log_path = output_dir / "trainer_log.jsonl"
     state = {"step": 0, "logs": []}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, method, optimizer, scheduler)
+        state = load_checkpoint_state(resume_from, inner, optimizer.optimizer, scheduler, sharded)
         log.info("resumed from %s at step %d", resume_from, state["step"])
     writer = None
     if main:
@@ -597,7 +655,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     if main:  # printed even with -q: the number people most often get wrong when scaling out
         print(f"{len(data)} rows, {total_steps} steps ({steps_per_epoch} per epoch); effective batch "
               f"{global_batch * cfg.gradient_accumulation_steps} = {cfg.per_device_train_batch_size} per device x "
-              f"{cfg.gradient_accumulation_steps} accumulation x {world} process(es)"
+              f"{cfg.gradient_accumulation_steps} accumulation x {world} process(es), {engine_name(accelerator)}"
               + (f", {len(eval_data)} eval rows" if eval_data is not None else ""), file=sys.stderr, flush=True)
 
     def write_log(record: dict) -> None:
@@ -611,9 +669,15 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
                 writer.add_scalar(("eval/" if key.startswith("eval") else "train/") + key, value, record["step"])
 
     def run_eval(step: int) -> None:
-        loss = evaluate_loss(model, method, eval_data, cfg, pad_id, accelerator.device)
+        loss = evaluate_loss(wrapped, inner, method, eval_data, cfg, pad_id, accelerator.device)
         write_log({"step": step, "eval_loss": loss})
         log.info("step %d  eval loss %.4f", step, loss)
+
+    def checkpoint(step: int) -> None:  # every process gathers (collective under FSDP); the main one writes
+        weights, optim = gather_trained_state(inner), gather_optimizer_state(inner, optimizer.optimizer)
+        if main:
+            save_checkpoint(output_dir, step, model, method, weights, optim, scheduler, state, cfg.save_total_limit)
+        accelerator.wait_for_everyone()
 
     def global_sum(value: float) -> float:
         if world == 1:
@@ -656,8 +720,8 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         if not math.isfinite(step_loss) and cfg.stop_on_nan:
             raise UserError(f"step {step + 1}: the loss is {step_loss} (not finite); lower the learning rate, "
                             f"check the data, or resume from the last checkpoint in {output_dir}")
-        grad_norm = (accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm) if cfg.max_grad_norm > 0
-                     else torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None)))
+        # the norm over all shards; an infinite limit measures without clipping
+        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -685,13 +749,10 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
             run_eval(step)
         state["step"] = step
         if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
-            if main:
-                save_checkpoint(output_dir, step, model, method, optimizer, scheduler, state, cfg.save_total_limit)
-            accelerator.wait_for_everyone()
+            checkpoint(step)
         if step < total_steps and stop.requested(global_sum):  # SIGTERM/SIGINT: save (once), then stop
-            if main and not (cfg.save_steps > 0 and step % cfg.save_steps == 0):
-                save_checkpoint(output_dir, step, model, method, optimizer, scheduler, state, cfg.save_total_limit)
-            accelerator.wait_for_everyone()
+            if not (cfg.save_steps > 0 and step % cfg.save_steps == 0):
+                checkpoint(step)
             stopped = True
             break
     bar.close()
@@ -706,9 +767,10 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
                             "trainable_parameters": n_trainable})
 
     # 6. Final artefacts: the trained weights and what later stages need to use them.
+    weights = gather_trained_state(inner)
     if main:
         writer.close()
-        method.save(model, output_dir)
+        method.save(model, output_dir, weights)
         info = {"base_model": cfg.model, "method": cfg.method, "template": manifest["template"],
                 "tokenizer": manifest["tokenizer"], "dataset": str(cfg.dataset), "steps": step,
                 "processes": world}

@@ -1,7 +1,8 @@
 """Tuning methods, one module each. A module exposes
 
 * ``apply(model, cfg)``: the model to train, with only the method's parameters trainable,
-* ``save(model, directory)``: writes only what it trained, as safetensors,
+* ``save(model, directory, state=None)``: writes only what it trained, as safetensors (``state``:
+  those tensors gathered whole by the trainer, needed when FSDP shards them),
 * ``load(model, directory)``: restores those weights (resuming),
 * ``attach(base, directory)``: the base model with the trained weights, for inference,
 * ``MERGEABLE`` and ``USES_MODEL_FORWARD`` (P-Tuning needs PEFT's forward to inject its prefix).

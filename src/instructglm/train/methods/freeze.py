@@ -49,10 +49,11 @@ def trainable_state(model) -> dict:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(model, directory: str | Path) -> None:
+def save(model, directory: str | Path, state: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    save_file(trainable_state(model), str(Path(directory) / FILE), metadata={"format": "pt"})
+    state = trainable_state(model) if state is None else {k: v.contiguous() for k, v in state.items()}
+    save_file(state, str(Path(directory) / FILE), metadata={"format": "pt"})
 
 
 def load(model, directory: str | Path) -> None:

@@ -16,8 +16,8 @@ def apply(model, cfg):
     return model
 
 
-def save(model, directory: str | Path) -> None:
-    model.save_pretrained(str(directory), safe_serialization=True)
+def save(model, directory: str | Path, state: dict | None = None) -> None:
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state)
 
 
 def load(model, directory: str | Path) -> None:

@@ -31,8 +31,9 @@ def apply(model, cfg):
         raise UserError(f"lora_target '{target}': {e}") from None
 
 
-def save(model, directory: str | Path) -> None:
-    model.save_pretrained(str(directory), safe_serialization=True)
+def save(model, directory: str | Path, state: dict | None = None) -> None:
+    """``state``: the trained tensors already gathered (FSDP shards them); None reads them from ``model``."""
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state)
 
 
 def load(model, directory: str | Path) -> None:
