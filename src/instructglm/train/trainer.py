@@ -178,33 +178,11 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def gather_trained_state(inner) -> dict:
-    """The trained tensors, whole and on the CPU, keyed like the tuned model's own state dict.
-
-    Every process must call this (under FSDP it all-gathers the shards); the main process gets the
-    tensors, the others an empty dict. Frozen base weights are never gathered."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
-                                                                 ignore_frozen_params=True))
-    return {k.removeprefix("model."): v for k, v in state.items()}
-
-
-def gather_optimizer_state(inner, optimizer) -> dict:
-    """Optimizer state keyed by parameter name, whole (not per-shard): a checkpoint written by N
-    processes, under DDP or FSDP, resumes in any number of processes. Collective like the above."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(inner, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
 def save_checkpoint(output_dir: Path, step: int, model, method, weights: dict, optimizer_state: dict,
                     scheduler, state: dict, keep: int) -> Path:
     """Write ``checkpoint-STEP`` through a temporary directory; the ``.complete`` marker is written last
     and the directory renamed into place, so a crash never leaves a checkpoint that resume would pick.
-    ``weights`` and ``optimizer_state`` come from :func:`gather_trained_state` and
-    :func:`gather_optimizer_state` (main process only)."""
+    ``weights`` and ``optimizer_state`` were gathered by the engine (see ``engines.py``)."""
     import torch
     from safetensors.torch import save_file
 
@@ -233,26 +211,25 @@ def save_checkpoint(output_dir: Path, step: int, model, method, weights: dict, o
     return final
 
 
-def load_checkpoint_weights(path: Path, model, method) -> None:
-    """Put a checkpoint's trained weights into the model; before ``accelerator.prepare`` (sharding)."""
+def load_checkpoint_weights(path: Path, model, method, engine) -> None:
+    """Put a checkpoint's trained weights into the model; before ``engine.prepare`` (sharding).
+    Under ZeRO-3 (parameters already partitioned) DeepSpeed restores them later, from the fp32
+    master copy in its optimizer state."""
     if not (path / COMPLETE).is_file():
         raise UserError(f"{path}: not a complete checkpoint (no {COMPLETE} marker)")
-    method.load(model, path)
+    if not engine.zero3:
+        method.load(model, path)
 
 
-def load_checkpoint_state(path: Path, inner, optimizer, scheduler, sharded: bool) -> dict:
-    """Optimizer, scheduler and RNG state of a checkpoint, after ``accelerator.prepare``; returns the
-    trainer state (step and logs). ``sharded``: FSDP, where each process keeps its part of the state."""
+def load_checkpoint_state(path: Path, engine, optimizer, scheduler) -> dict:
+    """Optimizer, scheduler and RNG state of a checkpoint, after the engine has prepared the model;
+    returns the trainer state (step and logs)."""
     import torch
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    saved = torch.load(path / "optimizer.pt", weights_only=True)
-    try:
-        set_optimizer_state_dict(inner, optimizer, saved, options=StateDictOptions(full_state_dict=sharded))
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path / 'optimizer.pt'}: optimizer state does not fit this run's trainable "
-                        f"parameters ({type(e).__name__}: {e}); was it written with another method or model?") from None
+    from instructglm.train.engines import read_optimizer_state
+
+    engine.load_optimizer_state(read_optimizer_state(path / "optimizer.pt"), optimizer, path / "optimizer.pt")
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
@@ -402,11 +379,16 @@ def batch_loss_sum(model, method, batch):
     return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions)
 
 
+def numel(p) -> int:
+    """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it away (``ds_numel``)."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
 def training_flops_per_token(model, n_trainable: int, method: str) -> float:
     """FLOPs per trained token: 6N for full fine-tuning, 4N when the base is frozen (forward 2N plus
     input gradients 2N; the adapters' own weight gradients are negligible), N including the LM head,
     plus the attention term 6 * layers * hidden * context (ignored here for short rows)."""
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(numel(p) for p in model.parameters())
     return (6 if method == "full" else 4) * n
 
 
@@ -419,18 +401,6 @@ def gpu_peak_flops() -> float:
         if key in name:
             return peak
     return 312e12
-
-
-def engine_name(accelerator) -> str:
-    """How the processes share the work, in the words users configure it with."""
-    from accelerate.utils import DistributedType
-
-    kind = accelerator.distributed_type
-    if kind == DistributedType.FSDP:
-        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version} (parameters, gradients and optimizer state sharded)"
-    if kind == DistributedType.DEEPSPEED:
-        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
-    return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
 def loss_module(model, method):
@@ -565,12 +535,12 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     import datasets
     import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, set_seed
+    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from instructglm.models import load_tokenizer, resolve_model
+    from instructglm.train.engines import Engine
     from instructglm.train.methods import get_method
 
     # 1. Everything that can be wrong with the inputs is checked before the model loads.
@@ -593,12 +563,10 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
 
     # 2. Model: base weights (frozen, maybe low precision) + the method's trainable weights in fp32.
     #    Under torchrun / accelerate launch every process runs this same code on its share of the data.
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())  # cpu: gloo when launched
+    engine = Engine(mixed)  # one process, DDP, FSDP or DeepSpeed: whatever the launcher set up
+    engine.check(cfg, method)
+    accelerator = engine.accelerator
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if sharded and method.USES_MODEL_FORWARD:
-        raise UserError(f"method {cfg.method} does not run under FSDP (PEFT builds its prefix outside the "
-                        f"sharded forward); its few parameters need no sharding: launch without the FSDP config")
     set_seed(cfg.seed)
     base = load_base(cfg, model_path, dtype)
     if cfg.gradient_checkpointing:
@@ -606,10 +574,11 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
     model = method.apply(base, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.data = p.data.float()
-    n_trainable = sum(p.numel() for p in trainable)
-    n_total = sum(p.numel() for p in model.parameters())
+    if not engine.deepspeed:  # DeepSpeed keeps its own fp32 master copy (and ZeRO-3 has partitioned the weights)
+        for p in trainable:
+            p.data = p.data.float()
+    n_trainable = sum(numel(p) for p in trainable)
+    n_total = sum(numel(p) for p in model.parameters())
     log.info("model %s, method %s: %s trainable of %s parameters (%.2f%%)", cfg.model, cfg.method,
              f"{n_trainable:,}", f"{n_total:,}", 100 * n_trainable / n_total)
     if cfg.dry_run:
@@ -618,7 +587,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         return {"output_dir": str(output_dir), "steps": 0, "logs": [], "trainable_parameters": n_trainable,
                 "dry_run": True}
     if resume_from is not None:  # trained weights go in before sharding; optimizer state after
-        load_checkpoint_weights(resume_from, model, method)
+        load_checkpoint_weights(resume_from, model, method, engine)
     model.train()
 
     # 3. Schedule: one optimizer step = gradient_accumulation_steps micro-batches on each process;
@@ -632,9 +601,8 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     flops_per_token = training_flops_per_token(model, n_trainable, cfg.method)
-    wrapped, optimizer = accelerator.prepare(loss_module(model, method), optimizer)
-    inner = accelerator.unwrap_model(wrapped)  # the loss module itself (FSDP shards it in place)
-    trainable = [p for p in inner.parameters() if p.requires_grad]  # FSDP replaced them by sharded ones
+    wrapped, optimizer = engine.prepare(loss_module(model, method), optimizer)
+    inner = engine.inner
     if cfg.compile:
         wrapped = torch.compile(wrapped)
 
@@ -642,7 +610,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     log_path = output_dir / "trainer_log.jsonl"
     state = {"step": 0, "logs": []}
     if resume_from is not None:
-        state = load_checkpoint_state(resume_from, inner, optimizer.optimizer, scheduler, sharded)
+        state = load_checkpoint_state(resume_from, engine, optimizer, scheduler)
         log.info("resumed from %s at step %d", resume_from, state["step"])
     writer = None
     if main:
@@ -655,7 +623,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     if main:  # printed even with -q: the number people most often get wrong when scaling out
         print(f"{len(data)} rows, {total_steps} steps ({steps_per_epoch} per epoch); effective batch "
               f"{global_batch * cfg.gradient_accumulation_steps} = {cfg.per_device_train_batch_size} per device x "
-              f"{cfg.gradient_accumulation_steps} accumulation x {world} process(es), {engine_name(accelerator)}"
+              f"{cfg.gradient_accumulation_steps} accumulation x {world} process(es), {engine.describe()}"
               + (f", {len(eval_data)} eval rows" if eval_data is not None else ""), file=sys.stderr, flush=True)
 
     def write_log(record: dict) -> None:
@@ -674,7 +642,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         log.info("step %d  eval loss %.4f", step, loss)
 
     def checkpoint(step: int) -> None:  # every process gathers (collective under FSDP); the main one writes
-        weights, optim = gather_trained_state(inner), gather_optimizer_state(inner, optimizer.optimizer)
+        weights, optim = engine.trained_state(), engine.optimizer_state(optimizer)
         if main:
             save_checkpoint(output_dir, step, model, method, weights, optim, scheduler, state, cfg.save_total_limit)
         accelerator.wait_for_everyone()
@@ -708,11 +676,11 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         t0 = time.perf_counter()
         step_loss = 0.0
         try:
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.autocast():
                     loss_sum, _ = wrapped(**batch)
-                accelerator.backward(loss_sum * world / max(n_tokens, 1))
+                engine.backward(loss_sum * world / max(n_tokens, 1), last=i == len(micro) - 1)
                 step_loss += float(loss_sum.detach())
         except torch.OutOfMemoryError as e:
             raise UserError(out_of_memory_message(cfg, step + 1, e)) from None
@@ -720,9 +688,8 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
         if not math.isfinite(step_loss) and cfg.stop_on_nan:
             raise UserError(f"step {step + 1}: the loss is {step_loss} (not finite); lower the learning rate, "
                             f"check the data, or resume from the last checkpoint in {output_dir}")
-        # the norm over all shards; an infinite limit measures without clipping
-        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        optimizer.step()
+        grad_norm = engine.grad_norm(cfg.max_grad_norm)
+        optimizer.step()  # a no-op under DeepSpeed, whose engine stepped in backward
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -767,7 +734,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
                             "trainable_parameters": n_trainable})
 
     # 6. Final artefacts: the trained weights and what later stages need to use them.
-    weights = gather_trained_state(inner)
+    weights = engine.trained_state()
     if main:
         writer.close()
         method.save(model, output_dir, weights)
