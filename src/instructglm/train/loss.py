@@ -59,6 +59,10 @@ def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, att
     cfg = lm.config
     softcap = getattr(cfg, "final_logit_softcapping", None)
     scale = getattr(cfg, "logit_scale", None)
+    if getattr(lm, "_instructglm_fused_ce", False):  # Liger's fused kernel (train/kernels.py)
+        from instructglm.train.kernels import fused_head_ce_sum
+
+        return fused_head_ce_sum(h, targets, head.weight, head.bias, softcap), n
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk_size):
         hc, tc = h[start:start + chunk_size], targets[start:start + chunk_size]

@@ -85,6 +85,9 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, help="recompute activations in the backward pass (less memory, "
                                        "about a third more compute)")
     compile: bool = opt(False, help="torch.compile the model (GPU; first steps are slow while it compiles)")
+    liger: Literal["auto", "on", "off"] = opt(
+        "auto", help="Liger Triton kernels (RMSNorm, RoPE, SwiGLU/GeGLU, fused LM head + cross-entropy): auto = "
+                     "used on a CUDA GPU when liger-kernel is installed and supports the architecture")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto", help="auto = fp32 on CPU, bf16 on a GPU that has it (else fp16); trainable weights stay fp32")
     fp16: bool = opt(False, help="the seeds' switch: same as precision=fp16", aliases=("--fp16",))
@@ -541,6 +544,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
 
     from instructglm.models import load_tokenizer, resolve_model
     from instructglm.train.engines import Engine
+    from instructglm.train.kernels import apply_liger
     from instructglm.train.methods import get_method
 
     # 1. Everything that can be wrong with the inputs is checked before the model loads.
@@ -569,6 +573,7 @@ def _train(cfg: TrainConfig, stop: "StopRequest") -> dict:
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(cfg.seed)
     base = load_base(cfg, model_path, dtype)
+    apply_liger(base, cfg.liger)
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
