@@ -8,6 +8,14 @@ agree: the same maths on the same rows).
 
     python bench/train.py                       # embedded Gemma 3 270M, 10 steps of 8 rows
     python bench/train.py --model DIR --steps 20 --batch-size 8
+    python bench/train.py --model random:qwen2-0.5b --steps 30 --batch-size 16   # on a GPU machine
+
+On a CUDA GPU both engines train in bf16 (trainable weights fp32 in ours) and the report gives peak
+GPU memory and MFU (LoRA: 4N FLOPs per token, N = all parameters with the LM head, against the
+GPU's dense bf16 peak, 989 TFLOP/s for H100/H200) instead of RSS. ``random:NAME`` builds a model of
+a published architecture with random weights and a word-level tokenizer over this script's words
+(throughput does not depend on the weights, and GPU machines here cannot download any), so the
+same command runs on a machine without network.
 
 Rows are an Alpaca-like length distribution generated here (mean about 180 tokens with the
 template, like alpaca-en's 187: instruction, an input on half the rows, a long-tailed response),
@@ -51,6 +59,42 @@ def make_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+# Published shapes (hidden, layers, heads, kv heads, MLP, vocab), random weights: for GPU runs offline.
+RANDOM = {
+    "tiny": ("llama", 64, 2, 4, 2, 128, 4096),  # for checking this script on a CPU
+    "qwen2-0.5b": ("qwen2", 896, 24, 14, 2, 4864, 151936),
+    "qwen2-1.5b": ("qwen2", 1536, 28, 12, 2, 8960, 151936),
+    "llama-1b": ("llama", 2048, 16, 32, 8, 8192, 128256),
+}
+
+
+def make_random_model(name: str, work: Path) -> str:
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    arch, hidden, layers, heads, kv, mlp, vocab = RANDOM[name]
+    words = ["<pad>", "<eos>", "<unk>"] + sorted(set(WORDS) | set("below is an instruction that describes a task "
+                                                                   "paired with input provides further write response "
+                                                                   "appropriately completes request ### : .".split()))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
+                                           unk_token="<unk>")
+    config_cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch]
+    config = config_cls(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        num_key_value_heads=kv, intermediate_size=mlp, max_position_embeddings=4096,
+                        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if torch.cuda.is_available()
+                                                else torch.float32)
+    out = work / f"random-{name}"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
 def prepare(model: str, work: Path, n_rows: int, max_len: int) -> Path:
     from instructglm.data.convert import ConvertConfig, convert_files
     from instructglm.data.tokenize import TokenizeConfig, tokenize_file
@@ -80,9 +124,10 @@ def run_hf(args) -> dict:
 
     from instructglm.models import load_tokenizer, resolve_model
 
+    gpu = torch.cuda.is_available()
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     data = datasets.load_from_disk(args.data)
@@ -105,13 +150,14 @@ def run_hf(args) -> dict:
 
     targs = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
                               max_steps=args.steps, learning_rate=2e-4, lr_scheduler_type="cosine",
-                              logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=True,
+                              logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=not gpu,
+                              bf16=gpu,
                               max_grad_norm=1.0, disable_tqdm=True, dataloader_num_workers=0,
                               remove_unused_columns=False)
     trainer = InOrder(model=model, args=targs, train_dataset=data, callbacks=[Timer()],
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     trainer.train()
-    return {"step_times": times, "losses": losses}
+    return {"step_times": times, "losses": losses, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def run_ours(args) -> dict:
@@ -123,24 +169,30 @@ def run_ours(args) -> dict:
                                max_steps=args.steps, learning_rate=2e-4, logging_steps=1, shuffle=False, seed=0))
     tokens = step_tokens(Path(args.data), args.batch_size, args.steps)
     times = [t / r["tokens_per_s"] for t, r in zip(tokens, result["logs"])]
-    return {"step_times": times, "losses": [r["loss"] for r in result["logs"]]}
+    return {"step_times": times, "losses": [r["loss"] for r in result["logs"]],
+            "mfu_logged": [r.get("mfu") for r in result["logs"]]}
 
 
 def child(args) -> None:
+    import torch
+
     result = (run_hf if args.engine == "hf" else run_ours)(args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--model", default="gemma3-270m",
+                   help=f"embedded name, directory, hub id, or random:NAME ({', '.join(RANDOM)})")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--engine", choices=["hf", "ours"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train-cpu.json"))
+    p.add_argument("--out", help="result file (default: bench/results/train-cpu.json or train-gpu.json)")
     args = p.parse_args()
     if args.engine:
         return child(args)
@@ -150,8 +202,13 @@ def main() -> None:
 
     from instructglm.models import resolve_model
 
-    resolve_model(args.model)  # prepare the cache outside the timed children
+    gpu = torch.cuda.is_available()
+    args.out = args.out or str(Path(__file__).parent / "results" / f"train-{'gpu' if gpu else 'cpu'}.json")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    label = args.model
+    if args.model.startswith("random:"):
+        args.model = make_random_model(args.model.split(":", 1)[1], work)
+    resolve_model(args.model)  # prepare the cache outside the timed children
     data = prepare(args.model, work, args.batch_size * args.steps, args.max_len)
     tokens = step_tokens(data, args.batch_size, args.steps)
     results = {}
@@ -167,18 +224,29 @@ def main() -> None:
         r["tokens_per_s"] = sum(tokens[timed]) / sum(r["step_times"][timed])
         results[engine] = r
     hf, ours = results["hf"], results["ours"]
+    if gpu:
+        peak = 989e12 if any(k in torch.cuda.get_device_name() for k in ("H100", "H200")) else None
+        flops = 4 * hf["parameters"]  # LoRA: forward 2N + input gradients 2N per token (attention term left out)
+        device = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+        memory = {k: {"peak_gpu_mb": round(r["peak_gpu_mb"]),
+                      "mfu": round(r["tokens_per_s"] * flops / peak, 4) if peak else None}
+                  for k, r in results.items()}
+    else:
+        device = f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+        memory = {k: {"peak_rss_mb": round(r["peak_rss_mb"])} for k, r in results.items()}
     summary = {
-        "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "device": device,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+        "model": label, "steps": args.steps, "batch_size": args.batch_size,
         "mean_tokens_per_row": round(sum(tokens) / (args.steps * args.batch_size), 1),
-        "baseline": {"tokens_per_s": round(hf["tokens_per_s"], 1), "peak_rss_mb": round(hf["peak_rss_mb"])},
-        "instructglm": {"tokens_per_s": round(ours["tokens_per_s"], 1), "peak_rss_mb": round(ours["peak_rss_mb"])},
+        "baseline": {"tokens_per_s": round(hf["tokens_per_s"], 1), **memory["hf"]},
+        "instructglm": {"tokens_per_s": round(ours["tokens_per_s"], 1), **memory["ours"]},
         "speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2),
-        "peak_rss_ratio": round(ours["peak_rss_mb"] / hf["peak_rss_mb"], 2),
         "first_losses": {"baseline": [round(x, 4) for x in hf["losses"][:5]],
                          "instructglm": [round(x, 4) for x in ours["losses"][:5]]},
     }
+    key = "peak_gpu_mb" if gpu else "peak_rss_mb"
+    summary[f"{key.replace('_mb', '')}_ratio"] = round(memory["ours"][key] / memory["hf"][key], 2)
     print(json.dumps(summary, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
