@@ -96,10 +96,6 @@ class Engine:
                             f"sharding: launch without the {'FSDP' if self.fsdp else 'DeepSpeed'} config")
         if self.deepspeed:
             plugin = self.accelerator.state.deepspeed_plugin
-            if plugin.zero_stage == 3 and plugin.zero3_init_flag:
-                raise UserError("DeepSpeed: zero3_init_flag: true is not supported; instructglm loads the base model "
-                                "in each process and DeepSpeed partitions it at start-up: set zero3_init_flag: false "
-                                "in the accelerate config")
             for key in ("optimizer", "scheduler"):
                 if key in plugin.deepspeed_config:
                     raise UserError(f"DeepSpeed config: remove '{key}'; instructglm trains with AdamW and the "
