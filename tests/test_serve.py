@@ -377,7 +377,9 @@ def test_chat_page_in_headless_browser(served):
             page.wait_for_function("() => document.querySelectorAll('#model option').length === 3")
             page.select_option("#model", "a1")
             page.fill("#max_tokens", "20")
-            page.evaluate("""() => { window.updates = 0; new MutationObserver(() => window.updates++)
+            # count mutation records, not observer callbacks: one callback may carry several records
+            # (a loaded machine can deliver the whole stream in one read)
+            page.evaluate("""() => { window.updates = 0; new MutationObserver((records) => window.updates += records.length)
                 .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }""")
             page.fill("#input", "Who are you?")
             page.press("#input", "Enter")
