@@ -171,6 +171,19 @@ def test_gradient_accumulation_under_deepspeed_matches_one_process(tmp_path, dat
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
 
 
+def test_held_out_loss_under_sharded_engines_matches_one_process(tmp_path, dataset, tiny_models):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is in the test extra: pip install -e '.[test]'")
+    model, extra = tiny_models("llama"), ("--val-size", "4", "--eval-steps", "2", "--save-steps", "0")
+    evals = {}
+    for name, nproc, batch, config in (("one", 1, 4, None), ("fsdp", 2, 2, "fsdp.yaml"),
+                                       ("zero3", 2, 2, "deepspeed_zero3.yaml")):
+        log, _ = train(tmp_path / name, dataset, model, nproc, batch, *extra, config=config)
+        evals[name] = [r["eval_loss"] for r in log if "eval_loss" in r]
+    assert len(evals["one"]) == 2  # steps 2 and 4, through the sharded forward on every process
+    for name in ("fsdp", "zero3"):
+        assert evals[name] == pytest.approx(evals["one"], rel=1e-5), name
+
+
 def test_ptuning_under_fsdp_is_refused_with_a_reason(tmp_path, dataset, tiny_models):
     proc = launch(tmp_path / "p", dataset, tiny_models("llama"), 2, 2, "--method", "ptuning", config="fsdp.yaml",
                   check=False)
