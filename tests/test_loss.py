@@ -46,3 +46,58 @@ def test_softcapping_is_applied(tiny_models):
     expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     total, n = causal_lm_loss_sum(model, ids, labels, mask)
     torch.testing.assert_close(total / n, expected, rtol=1e-5, atol=1e-5)
+
+
+def _reference_head_ce(h, w, b, t, softcap, scale):
+    logits = torch.nn.functional.linear(h, w, b).float()
+    if scale is not None:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, t, reduction="sum")
+
+
+@pytest.mark.parametrize("softcap,scale,with_bias", [(None, None, False), (2.0, None, True), (None, 0.3, True),
+                                                     (1.5, 1.7, False)])
+@pytest.mark.parametrize("chunk", [3, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # fp32 takes the preallocated-buffer path
+def test_linear_cross_entropy_value_and_gradients(softcap, scale, with_bias, chunk, dtype):
+    from instructglm.train.loss import LinearCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(11, 8, generator=g, dtype=dtype)
+    w = torch.randn(50, 8, generator=g, dtype=dtype)
+    b = torch.randn(50, generator=g, dtype=dtype) if with_bias else None
+    t = torch.randint(0, 50, (11,), generator=g)
+    leaves = [x.clone().requires_grad_() for x in (h, w) + ((b,) if with_bias else ())]
+    expected = _reference_head_ce(*leaves[:2], leaves[2] if with_bias else None, t, softcap, scale)
+    (expected * 0.7).backward()  # an incoming gradient other than 1 must scale the kept gradients
+    mine = [x.clone().requires_grad_() for x in (h, w) + ((b,) if with_bias else ())]
+    total = LinearCrossEntropy.apply(*mine[:2], mine[2] if with_bias else None, t, softcap, scale, chunk)
+    (total * 0.7).backward()
+    tol = 1e-6 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(total.double(), expected.double(), rtol=tol, atol=tol)
+    for a, e in zip(mine, leaves):
+        torch.testing.assert_close(a.grad, e.grad, rtol=tol, atol=tol)
+
+
+def test_linear_cross_entropy_frozen_head_low_precision_and_no_grad():
+    """LoRA's case: head frozen (no weight gradient is made), bf16 weights; and eval under no_grad."""
+    from instructglm.train.loss import LinearCrossEntropy
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(9, 16, generator=g).bfloat16().requires_grad_()
+    w = torch.randn(40, 16, generator=g).bfloat16()
+    t = torch.randint(0, 40, (9,), generator=g)
+    h_ref = h.detach().clone().requires_grad_()
+    expected = _reference_head_ce(h_ref, w, None, t, None, None)
+    expected.backward()
+    total = LinearCrossEntropy.apply(h, w, None, t, None, None, 4)
+    total.backward()
+    assert w.grad is None and h.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(total, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(h.grad.float(), h_ref.grad.float(), rtol=5e-2, atol=5e-2)
+    with torch.no_grad():
+        again = LinearCrossEntropy.apply(h, w, None, t, None, None, 4)
+    assert not again.requires_grad
+    torch.testing.assert_close(again, total)

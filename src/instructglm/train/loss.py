@@ -4,8 +4,8 @@ transformers' ``ForCausalLM.forward`` projects *every* position onto the vocabul
 throws most of it away: in instruction tuning the prompt positions carry label -100. With the
 262k-token vocabulary of Gemma 3 the LM head is about half of all FLOPs and most of the
 activation memory. Here the backbone runs as usual, then only the hidden states whose next
-token is trained go through the LM head, in chunks that are recomputed in the backward pass, so
-the full ``[tokens, vocab]`` logits tensor never exists. The result equals the model's own
+token is trained go through the LM head, in chunks whose gradients are computed on the way
+(:class:`LinearCrossEntropy`), so the full ``[tokens, vocab]`` logits tensor never exists. The result equals the model's own
 token-mean cross-entropy (tested against ``model(labels=...)`` for every supported family).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 
@@ -29,17 +28,89 @@ def _causal_lm(model):
             return model
 
 
-def _head_ce_sum(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias, softcap, scale):
-    logits = F.linear(hidden, weight, bias).float()
-    if scale is not None:
-        logits = logits * scale
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+class LinearCrossEntropy(torch.autograd.Function):
+    """Sum over rows of ``cross_entropy(head(hidden), targets)``, with ``head(h) = softcap(scale * (h W^T + b))``,
+    worked through in chunks of rows with the gradients computed in the same pass.
+
+    One chunk's ``[chunk, vocab]`` logits exist at a time and nothing is recomputed: per chunk one
+    matmul gives the logits, the softmax is turned into ``d loss / d logits`` in place, and one matmul
+    per needed gradient follows (with a frozen head, as in LoRA, only the hidden states' gradient).
+    ``backward`` only scales the kept gradients. PyTorch has no fused linear + cross-entropy (Liger's,
+    used on GPUs, is Triton-only), and checkpointing the chunks would run the head's matmul twice.
+    Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap, scale, chunk_size):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # Two chunk-sized buffers for the whole call: fresh ones per chunk would be paged in anew each time.
+        rows = min(chunk_size, hidden.shape[0])
+        logits_buf = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=hidden.device)
+        logp_buf = torch.empty_like(logits_buf)
+        direct = (hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+                  and not torch.is_autocast_enabled(hidden.device.type))
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+            logits, logp = logits_buf[:len(t)], logp_buf[:len(t)]
+            if direct:
+                torch.addmm(bias, h, weight.t(), out=logits) if bias is not None else torch.mm(h, weight.t(), out=logits)
+            else:  # low precision or autocast: the matmul in its own dtype, the softmax in fp32
+                logits.copy_(F.linear(h, weight, bias))
+            if scale is not None:
+                logits.mul_(scale)
+            if softcap is not None:
+                logits.div_(softcap).tanh_().mul_(softcap)
+            torch.log_softmax(logits, dim=-1, out=logp)  # one fused pass (logsumexp is several, on CPU)
+            total -= logp.gather(1, t[:, None]).sum()
+            if not (need_h or need_w or need_b):
+                continue
+            g = logp.exp_()  # the softmax: d loss / d (capped) logits, once 1 is taken off at the target
+            g[torch.arange(len(t), device=g.device), t] -= 1
+            if softcap is not None:  # d (c tanh(x / c)) / dx = 1 - tanh^2, from the capped logits
+                g.mul_(logits.div_(softcap).square_().neg_().add_(1))
+            if scale is not None:
+                g.mul_(scale)
+            if need_b:
+                grad_b += g.sum(0)
+            g = g.to(weight.dtype)
+            if need_h:
+                if direct:
+                    torch.mm(g, weight, out=grad_h[start:start + chunk_size])
+                else:
+                    grad_h[start:start + chunk_size] = g @ weight
+            if need_w and direct:
+                grad_w.addmm_(g.t(), h)
+            elif need_w:
+                grad_w += (g.t() @ h.to(weight.dtype)).float()
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = grad_total.float()
+        if grad_h is not None:
+            grad_h = grad_h * scale.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * scale).to(ctx.dtypes[0])
+        if grad_b is not None:
+            grad_b = (grad_b * scale).to(ctx.dtypes[1])
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def head_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk of :class:`LinearCrossEntropy`: about 2^26 logits (256 MB in fp32) at a time."""
+    return max(64, 2**26 // max(vocab_size, 1))
 
 
 def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask=None,
-                       position_ids=None, chunk_size: int = 2048) -> tuple[torch.Tensor, int]:
+                       position_ids=None, chunk_size: int | None = None) -> tuple[torch.Tensor, int]:
     """Return ``(sum of token cross-entropies, number of trained tokens)`` for a batch.
 
     Labels are unshifted (as in transformers): position ``t`` predicts ``labels[t + 1]``.
@@ -63,12 +134,6 @@ def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, att
         from instructglm.train.kernels import fused_head_ce_sum
 
         return fused_head_ce_sum(h, targets, head.weight, head.bias, softcap), n
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk_size):
-        hc, tc = h[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled() and n > chunk_size:
-            total = total + checkpoint(_head_ce_sum, hc, tc, head.weight, head.bias, softcap, scale,
-                                       use_reentrant=False)
-        else:
-            total = total + _head_ce_sum(hc, tc, head.weight, head.bias, softcap, scale)
+    rows = chunk_size or head_chunk_rows(head.weight.shape[0])
+    total = LinearCrossEntropy.apply(h, head.weight, head.bias, targets, softcap, scale, rows)
     return total, n
