@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ALPACA_ROWS
+from test_packing import _examples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -60,12 +61,7 @@ def test_packed_rows_on_cuda_equal_padded_rows(arch, tiny_models):
     from instructglm.train.trainer import batch_loss_sum, collate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models(arch), attn_implementation="sdpa").cuda()
-    g = torch.Generator().manual_seed(0)
-    cols = {"input_ids": [], "labels": []}
-    for n in (40, 9, 23, 17, 30):
-        ids = torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist()
-        cols["input_ids"].append(ids)
-        cols["labels"].append([-100] * (n // 2) + ids[n // 2:])
+    cols = _examples(model.config.vocab_size, [40, 9, 23, 17, 30])  # the CPU test's rows (test_packing.py)
     lora = methods.get_method("lora")
     results = []
     for batch in (collate(cols, 0), collate_packed(cols, 0, pack_length=64)):

@@ -5,8 +5,9 @@ throws most of it away: in instruction tuning the prompt positions carry label -
 262k-token vocabulary of Gemma 3 the LM head is about half of all FLOPs and most of the
 activation memory. Here the backbone runs as usual, then only the hidden states whose next
 token is trained go through the LM head, in chunks whose gradients are computed on the way
-(:class:`LinearCrossEntropy`), so the full ``[tokens, vocab]`` logits tensor never exists. The result equals the model's own
-token-mean cross-entropy (tested against ``model(labels=...)`` for every supported family).
+(:class:`LinearCrossEntropy`), so the full ``[tokens, vocab]`` logits tensor never exists. The
+result equals the model's own token-mean cross-entropy (tested against ``model(labels=...)`` for
+every supported family).
 """
 
 from __future__ import annotations
