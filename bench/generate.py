@@ -5,7 +5,7 @@ the alpaca template) and the same settings (greedy, ``--max-new-tokens``):
 
 * seeds' loop: ``model.generate`` once per prompt, stopping at EOS or max_new_tokens, then the
   answer is decoded and cut at the template's next turn marker;
-* ours: :class:`instructglm.infer.generate.Generator` as ``infer`` uses it: prompts sorted by
+* ours: :class:`instructglm.infer.infer.Generator` as ``infer`` uses it: prompts sorted by
   length, left-padded batches, generation stopped per row at EOS or at the turn marker.
 
 Reported: wall time of each, the speed ratio, and how many answers differ (greedy decoding of a
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from instructglm.data.templates import get_template
-    from instructglm.infer.generate import Generator, read_records
-    from instructglm.models import load_model, load_tokenizer, resolve_model
+    from instructglm.templates import get_template
+    from instructglm.infer.infer import Generator, read_records
+    from instructglm.models.loading import load_model, load_tokenizer, resolve_model
 
     path = resolve_model(args.model)
     tokenizer = load_tokenizer(path)

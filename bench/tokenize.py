@@ -122,7 +122,7 @@ def main() -> None:
         args.output = args.out_dir
         return seeds_loop(args)
 
-    from instructglm.models import resolve_model
+    from instructglm.models.loading import resolve_model
 
     model_path = resolve_model(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-tokenize-"))

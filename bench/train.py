@@ -96,8 +96,8 @@ def make_random_model(name: str, work: Path) -> str:
 
 
 def prepare(model: str, work: Path, n_rows: int, max_len: int) -> Path:
-    from instructglm.data.convert import ConvertConfig, convert_files
-    from instructglm.data.tokenize import TokenizeConfig, tokenize_file
+    from instructglm.convert.convert import ConvertConfig, convert_files
+    from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
 
     (work / "rows.json").write_text(json.dumps(make_rows(n_rows, 0)))
     convert_files(ConvertConfig(inputs=[str(work / "rows.json")], output=str(work / "rows.jsonl")))
@@ -122,7 +122,7 @@ def run_hf(args) -> dict:
     from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
                               TrainingArguments)
 
-    from instructglm.models import load_tokenizer, resolve_model
+    from instructglm.models.loading import load_tokenizer, resolve_model
 
     gpu = torch.cuda.is_available()
     path = resolve_model(args.model)
@@ -161,7 +161,7 @@ def run_hf(args) -> dict:
 
 
 def run_ours(args) -> dict:
-    from instructglm.train.trainer import TrainConfig, train
+    from instructglm.train.recipe import TrainConfig, train
 
     out = tempfile.mkdtemp()
     result = train(TrainConfig(dataset=args.data, output_dir=out, model=args.model, method="lora", lora_rank=8,
@@ -200,7 +200,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from instructglm.models import resolve_model
+    from instructglm.models.loading import resolve_model
 
     gpu = torch.cuda.is_available()
     args.out = args.out or str(Path(__file__).parent / "results" / f"train-{'gpu' if gpu else 'cpu'}.json")

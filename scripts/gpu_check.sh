@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one run sized for a short lease (about 5 minutes on an H200):
-#   1. the GPU tests (tests/test_gpu.py: fused head loss in bf16/fp32, packing under SDPA on CUDA,
+#   1. the GPU tests (tests/train/test_gpu.py: fused head loss in bf16/fp32, packing under SDPA on CUDA,
 #      bf16 training against CPU fp32 with and without Liger, MFU/peak memory in the log);
 #   2. bench/train.py on a Qwen2-0.5B-shaped model (random weights: no network there), HF Trainer +
 #      PEFT vs instructglm, bf16, batch 16: tokens/s, MFU and peak GPU memory of both.
@@ -22,7 +22,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONU
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda,
       'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 } 2>&1 | tee "$OUT/device.txt"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
+"$PY" -m pytest -q -p no:cacheprovider tests/train/test_gpu.py 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
 "$PY" bench/train.py --model "${BENCH_MODEL:-random:qwen2-0.5b}" --steps "${BENCH_STEPS:-30}" --batch-size 16 --out "$OUT/train-gpu.json" \
   > "$OUT/bench.log" 2>&1

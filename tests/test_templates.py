@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from instructglm.data.templates import Segment, get_template
-from instructglm.data.tokenize import IGNORE_INDEX, SegmentEncoder
+from instructglm.templates import Segment, get_template
+from instructglm.tokenize.tokenize import IGNORE_INDEX, SegmentEncoder
 from instructglm.errors import UserError
 
 TWO_TURNS = [{"role": "system", "content": "Be brief."},

@@ -20,7 +20,7 @@ from instructglm.errors import UserError
 
 
 def _convert(args) -> Any:
-    from instructglm.data.convert import ConvertConfig, convert_files
+    from instructglm.convert.convert import ConvertConfig, convert_files
 
     cfg = load_config(ConvertConfig, flags=_flags(args, ConvertConfig))
     result = convert_files(cfg)
@@ -31,7 +31,7 @@ def _convert(args) -> Any:
 
 
 def _tokenize(args) -> Any:
-    from instructglm.data.tokenize import TokenizeConfig, tokenize_file
+    from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
 
     cfg = load_config(TokenizeConfig, flags=_flags(args, TokenizeConfig))
     stats = tokenize_file(cfg, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
@@ -50,7 +50,7 @@ def _tokenize(args) -> Any:
 
 
 def _train(args) -> Any:
-    from instructglm.train.trainer import TrainConfig, train
+    from instructglm.train.recipe import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, args.overrides, _flags(args, TrainConfig))
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -64,7 +64,7 @@ def _train(args) -> Any:
 
 
 def _infer(args) -> Any:
-    from instructglm.infer.generate import InferConfig, infer
+    from instructglm.infer.infer import InferConfig, infer
 
     cfg = load_config(InferConfig, flags=_flags(args, InferConfig))
     result = infer(cfg)
@@ -75,7 +75,7 @@ def _infer(args) -> Any:
 
 
 def _chat(args) -> Any:
-    from instructglm.infer.chat import ChatConfig, chat
+    from instructglm.chat.chat import ChatConfig, chat
 
     return chat(load_config(ChatConfig, flags=_flags(args, ChatConfig)))
 
@@ -107,7 +107,7 @@ def _export(args) -> Any:
 
 
 def _demo(args) -> Any:
-    from instructglm.demo import DemoConfig, run_demo
+    from instructglm.demo.demo import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, flags=_flags(args, DemoConfig))
     return run_demo(cfg)
@@ -125,7 +125,7 @@ def _eval(args) -> Any:
 
 
 def _report(args) -> Any:
-    from instructglm.eval.report import ReportConfig, write_report
+    from instructglm.report.report import ReportConfig, write_report
 
     cfg = load_config(ReportConfig, flags=_flags(args, ReportConfig))
     path = write_report(cfg)
@@ -165,17 +165,17 @@ def _flags(args: argparse.Namespace, cls) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from instructglm.data.convert import ConvertConfig
-    from instructglm.data.tokenize import TokenizeConfig
-    from instructglm.demo import DemoConfig
+    from instructglm.convert.convert import ConvertConfig
+    from instructglm.tokenize.tokenize import TokenizeConfig
+    from instructglm.demo.demo import DemoConfig
     from instructglm.eval.evaluate import EvalConfig
-    from instructglm.eval.report import ReportConfig
-    from instructglm.infer.chat import ChatConfig
-    from instructglm.infer.generate import InferConfig
+    from instructglm.report.report import ReportConfig
+    from instructglm.chat.chat import ChatConfig
+    from instructglm.infer.infer import InferConfig
     from instructglm.export.gguf import ExportConfig
     from instructglm.merge.merge import MergeConfig
     from instructglm.serve.app import ServeConfig
-    from instructglm.train.trainer import TrainConfig
+    from instructglm.train.recipe import TrainConfig
 
     parser = argparse.ArgumentParser(prog="instructglm", description="Instruction-tune causal language models, "
                                      "offline: convert -> tokenize -> train -> infer -> merge.")

@@ -1,1 +1,5 @@
-"""eval stage: metrics over predictions."""
+"""``eval``: score predictions (exact match, BLEU-4, ROUGE), overall, per language and per category."""
+
+from instructglm.eval.evaluate import EvalConfig, evaluate
+
+__all__ = ["EvalConfig", "evaluate"]

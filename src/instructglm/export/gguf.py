@@ -65,9 +65,9 @@ class ExportConfig:
 
 
 def export(cfg: ExportConfig) -> dict:
-    from instructglm.export import modelfile
+    from instructglm.export.templates import modelfile
     from instructglm.merge.merge import MergeConfig, merge
-    from instructglm.models import load_tokenizer, resolve_model
+    from instructglm.models.loading import load_tokenizer, resolve_model
 
     out = Path(cfg.output)
     if out.is_dir():
@@ -127,8 +127,8 @@ def write_gguf(model_path: str, out: Path, quant: str, template: str, tokenizer=
     import numpy as np
     from transformers import AutoConfig
 
-    from instructglm.export import chat_template
-    from instructglm.models import load_model, load_tokenizer
+    from instructglm.export.templates import chat_template
+    from instructglm.models.loading import load_model, load_tokenizer
 
     config = AutoConfig.from_pretrained(model_path)
     model_type = getattr(config, "model_type", "?")

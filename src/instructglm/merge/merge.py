@@ -65,7 +65,7 @@ def _max_diff(a, b, mask) -> float:
 
 def _check_adapters(adapters: list[str]) -> list[tuple[str, dict, str]]:
     """``(path, run info, method)`` for each adapter, refusing what cannot be merged."""
-    from instructglm.infer.adapters import adapter_info
+    from instructglm.models.adapters import adapter_info
     from instructglm.train.methods import get_method
 
     if not adapters:
@@ -102,8 +102,8 @@ def _save_dtype(cfg: MergeConfig, base_path: str):
 def merge(cfg: MergeConfig) -> dict:
     import torch
 
-    from instructglm.export import chat_template
-    from instructglm.models import load_model, load_tokenizer, resolve_model
+    from instructglm.export.templates import chat_template
+    from instructglm.models.loading import load_model, load_tokenizer, resolve_model
     from instructglm.train.methods import get_method
 
     adapters = [cfg.adapter] if isinstance(cfg.adapter, str) else list(cfg.adapter)

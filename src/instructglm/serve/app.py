@@ -25,7 +25,7 @@ from typing import Any
 
 from instructglm.config import opt
 from instructglm.errors import UserError
-from instructglm.serve.engine import BASE, Engine, GenRequest
+from instructglm.serve.batcher import BASE, Engine, GenRequest
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Server:
     """The model-side state of one ``serve`` process: engine, templates, limits."""
 
     def __init__(self, engine: Engine, templates: dict, cfg: ServeConfig, model_name: str = ""):
-        from instructglm.data.tokenize import SegmentEncoder
+        from instructglm.tokenize.tokenize import SegmentEncoder
 
         self.engine, self.templates, self.cfg, self.model_name = engine, templates, cfg, model_name
         self.encoder = SegmentEncoder(engine.tokenizer)
@@ -290,7 +290,7 @@ def create_app(server: Server):
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(request: Request):
-        from instructglm.data.templates import Segment
+        from instructglm.templates import Segment
 
         body = await read_json(request)
         model = body.get("model")
@@ -399,8 +399,8 @@ def create_app(server: Server):
 # ---------------------------------------------------------------------------------------- build
 def build_server(cfg: ServeConfig, start: bool = True) -> Server:
     """Load the base model and every adapter once; return the (started) server state."""
-    from instructglm.data.templates import get_template
-    from instructglm.infer.adapters import adapter_info, load_with_adapters, parse_adapters
+    from instructglm.templates import get_template
+    from instructglm.models.adapters import adapter_info, load_with_adapters, parse_adapters
 
     adapters = parse_adapters(cfg.adapter)
     model, tokenizer, names = load_with_adapters(cfg.model, adapters)

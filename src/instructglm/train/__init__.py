@@ -1,1 +1,5 @@
-"""Training: the recipe in ``trainer.py``, the loss in ``loss.py``, one module per method in ``methods/``."""
+"""``train``: the fine-tuning recipe (LoRA, P-Tuning v2, Freeze, full)."""
+
+from instructglm.train.recipe import TrainConfig, train
+
+__all__ = ["TrainConfig", "train"]

@@ -1,0 +1,242 @@
+"""eval stage: BLEU/ROUGE on hand-computed cases, per-category/base-vs-tuned evaluation, the CLI,
+and the HTML report built from a small synthetic run directory."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from instructglm.errors import UserError
+from instructglm.eval.evaluate import EvalConfig, evaluate, evaluate_rows, format_table
+from instructglm.eval.metrics import bleu4, is_chinese, language, rouge, score, score_full
+from instructglm.report.report import ReportConfig, nice_ticks, write_report
+
+# --------------------------------------------------------------------------------------------
+# BLEU / ROUGE
+
+
+def test_bleu_english_hand_computed():
+    # hyp "the cat sat on the mat", ref "the cat is on the mat" (6 words each, so no brevity penalty):
+    # 1-grams 5/6 (the x2, cat, on, mat), 2-grams 3/5 (the cat, on the, the mat), 3-grams 1/4 (on the mat),
+    # 4-grams 0/3 -> exp smoothing 1/(2*3). BLEU = (5/6 * 3/5 * 1/4 * 1/6) ** (1/4)
+    expected = 100 * (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25
+    assert bleu4(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx(expected)
+
+
+def test_bleu_chinese_is_character_level():
+    # 我爱北京 vs 我爱上海 as characters: 1-grams 2/4, 2-grams 1/3, 3-grams 0/2 -> 1/(2*2),
+    # 4-grams 0/1 -> 1/(4*1). As whole words (no segmentation) nothing would match at all.
+    expected = 100 * (1 / 2 * 1 / 3 * 1 / 4 * 1 / 4) ** 0.25
+    assert bleu4(["我爱北京"], ["我爱上海"]) == pytest.approx(expected)
+
+
+def test_bleu_identical_and_disjoint():
+    assert bleu4(["巴黎", "the cat sat on the mat"], ["巴黎", "the cat sat on the mat"]) == pytest.approx(100)
+    # one-word answers only: no 2-, 3- or 4-grams in the corpus, so those orders are left out
+    assert bleu4(["Paris", "Rome"], ["Paris", "Rome"]) == pytest.approx(100)
+    assert bleu4(["dog runs fast"], ["cat sleeps here"]) == 0.0
+    assert bleu4(["北京"], ["上海"]) == 0.0
+    assert bleu4([], []) == 0.0
+
+
+def test_rouge_hand_computed():
+    # English words: unigram overlap 5 of 6 both ways; bigrams 3 of 5; LCS "the cat on the mat" = 5
+    en = rouge(["the cat sat on the mat"], ["the cat is on the mat"])
+    assert en == pytest.approx({"rouge1": 500 / 6, "rouge2": 60.0, "rougeL": 500 / 6})
+    # Chinese characters: unigrams 我,爱 = 2 of 4; bigrams 我爱 = 1 of 3; LCS 我爱 = 2
+    zh = rouge(["我爱北京"], ["我爱上海"])
+    assert zh == pytest.approx({"rouge1": 50.0, "rouge2": 100 / 3, "rougeL": 50.0})
+    # same characters, other order: all unigrams match; bigrams 我爱, 北京 = 2 of 3; LCS = 2 of 4
+    swapped = rouge(["北京我爱"], ["我爱北京"])
+    assert swapped == pytest.approx({"rouge1": 100.0, "rouge2": 200 / 3, "rougeL": 50.0})
+
+
+def test_rouge_identical_disjoint_and_mean_over_rows():
+    assert rouge(["我爱北京", "Good morning"], ["我爱北京", "good morning!"]) == pytest.approx(
+        {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+    assert rouge(["上海"], ["北京"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    # mean over rows: one identical row (100) and one disjoint row (0)
+    assert rouge(["a b", "x y"], ["a b", "c d"])["rouge1"] == pytest.approx(50.0)
+
+
+def test_language_detection():
+    assert is_chinese("冯刚（72岁）") and language("蝴蝶") == "zh"
+    assert not is_chinese("Paris, 72!") and language("Paris") == "en" and language(None) == "en"
+
+
+def test_score_full_extends_score():
+    rows = [{"reference": "巴黎", "prediction": "巴黎"}, {"reference": "Rome", "prediction": "rome"},
+            {"reference": "Oslo", "prediction": None}]
+    full = score_full(rows, "prediction")
+    assert {k: full[k] for k in score(rows, "prediction")} == score(rows, "prediction")
+    # ROUGE lowercases English, so both rows match fully for ROUGE-1/L; ROUGE-2: 巴黎 is one character
+    # bigram (100), "rome" has no bigram at all (0) -> mean 50
+    assert (full["rouge1"], full["rouge2"], full["rougeL"]) == (100.0, 50.0, 100.0)
+    # BLEU is case-sensitive: corpus 巴 黎 | rome vs 巴 黎 | Rome: 1-grams 2/3, 2-grams 1/1, no 3-grams
+    assert full["bleu4"] == pytest.approx(round(100 * (2 / 3) ** 0.5, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate: per category, per language, base vs tuned
+
+ROWS = [
+    {"reference": "巴黎", "prediction": "巴黎", "base_prediction": "巴黎市", "category": "capital"},
+    {"reference": "Rome", "prediction": "Rome", "base_prediction": "rome", "category": "capital"},
+    {"reference": "HELLO WORLD", "prediction": "HELLO WORLD", "base_prediction": "hello world",
+     "category": "upper"},
+    {"reference": "GOOD DAY", "prediction": "GOOD", "base_prediction": "GOOD DAY", "category": "upper"},
+]
+
+
+def test_evaluate_rows_per_category_and_deltas():
+    result = evaluate_rows(ROWS + [{"reference": None, "prediction": "x", "category": "upper"}])
+    assert result["n"] == 4 and result["skipped_no_reference"] == 1
+    overall = result["overall"]
+    assert overall["tuned"]["exact_match"] == 75.0 and overall["base"]["exact_match"] == 25.0
+    assert overall["delta"]["exact_match"] == 50.0
+    # base: "rome" and "hello world" match after normalisation, "GOOD DAY" exactly -> 3 of 4
+    assert overall["base"]["normalized_exact_match"] == 75.0
+    cap, up = result["by_category"]["capital"], result["by_category"]["upper"]
+    assert (cap["n"], cap["base"]["exact_match"], cap["tuned"]["exact_match"], cap["delta"]["exact_match"]) == (
+        2, 0.0, 100.0, 100.0)
+    assert (up["base"]["exact_match"], up["tuned"]["exact_match"], up["delta"]["exact_match"]) == (50.0, 50.0, 0.0)
+    for block in (overall, cap, up):
+        for metric, delta in block["delta"].items():
+            assert delta == pytest.approx(block["tuned"][metric] - block["base"][metric], abs=0.051)
+    # ROUGE-1 tuned for "upper": row 1 identical (100); "GOOD" vs "GOOD DAY": P 1, R 1/2, F 2/3
+    assert up["tuned"]["rouge1"] == pytest.approx(round((100 + 200 / 3) / 2, 1))
+    assert {lang: b["n"] for lang, b in result["by_language"].items()} == {"en": 3, "zh": 1}
+    assert result["by_language"]["zh"]["base"]["exact_match"] == 0.0
+
+
+def test_evaluate_rows_without_base_or_category():
+    rows = [{"reference": r["reference"], "prediction": r["prediction"]} for r in ROWS]
+    result = evaluate_rows(rows)
+    assert set(result["overall"]) == {"n", "tuned"} and "by_category" not in result
+    table = format_table(result)
+    assert "tuned" in table and "delta" not in table
+    with pytest.raises(UserError):
+        evaluate_rows([{"reference": None, "prediction": "x"}])
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_evaluate_writes_json(tmp_path):
+    _write_jsonl(tmp_path / "pred.jsonl", ROWS)
+    result = evaluate(EvalConfig(predictions=str(tmp_path / "pred.jsonl"), output=str(tmp_path / "m" / "out.json")))
+    assert json.loads((tmp_path / "m" / "out.json").read_text(encoding="utf-8")) == result
+    (tmp_path / "bad.jsonl").write_text('{"reference": "a"}\nnot json\n')
+    with pytest.raises(UserError, match="bad.jsonl:2"):
+        evaluate(EvalConfig(predictions=str(tmp_path / "bad.jsonl")))
+
+
+def test_cli_eval(tmp_path):
+    _write_jsonl(tmp_path / "pred.jsonl", ROWS)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "instructglm", "eval", "pred.jsonl", "-o", "metrics.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("exact match", "BLEU-4", "ROUGE-L", "delta", "capital", "upper"):
+        assert text in proc.stdout
+    em_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("exact match"))
+    assert em_line.split()[-3:] == ["25.0", "75.0", "+50.0"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["overall"]["delta"]["exact_match"] == 50.0
+    proc = subprocess.run([sys.executable, "-m", "instructglm", "eval", "missing.jsonl"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+LOG = [{"step": 5, "loss": 2.0, "lr": 1e-3}, {"step": 10, "loss": 1.5, "lr": 1e-3},
+       {"step": 15, "loss": 0.75, "lr": 5e-4}, {"step": 15, "eval_loss": 0.9}]
+REPORT_ROWS = [
+    {"index": 0, "prompt": "### Instruction:\n法国的首都是哪里？\n\n### Response:\n", "reference": "巴黎",
+     "prediction": "巴黎", "base_prediction": "巴黎市", "category": "capital"},
+    {"index": 1, "prompt": "Say hi", "reference": "hi", "prediction": "<script>alert('x')</script>",
+     "base_prediction": "Hi", "category": "greet"},
+]
+
+
+def _train_dir(path):
+    path.mkdir(parents=True)
+    _write_jsonl(path / "trainer_log.jsonl", LOG)
+    (path / "train_config.yaml").write_text("model: tiny-llama\nmethod: lora\nlora_rank: 8\n", encoding="utf-8")
+    (path / "instructglm.json").write_text(json.dumps({"base_model": "tiny-llama", "method": "lora",
+                                                       "template": "alpaca", "steps": 15}))
+
+
+def test_report_demo_layout(tmp_path):
+    _train_dir(tmp_path / "adapter")
+    _write_jsonl(tmp_path / "predictions.jsonl", REPORT_ROWS)
+    path = write_report(ReportConfig(run_dir=str(tmp_path)))
+    assert path == tmp_path / "report.html"
+    page = path.read_text(encoding="utf-8")
+    # loss curve: inline SVG, one polyline vertex and one point per train-loss line, the eval point too
+    assert "<svg" in page and page.count("<circle") == 3
+    points = page.split('<polyline class="train" points="')[1].split('"')[0].split()
+    assert len(points) == 3
+    assert "step 10: loss 1.5000" in page and "step 15: eval loss 0.9000" in page
+    # config and run info
+    assert 'id="config"' in page and "lora_rank: 8" in page and "tiny-llama" in page
+    # metrics table: tuned EM 50 (巴黎 right, the script wrong), base 0, delta +50
+    assert 'id="metrics"' in page
+    for text in ("exact match", "BLEU-4", "ROUGE-L", "By category", "+50.0"):
+        assert text in page
+    # side by side: Chinese kept as is, model output escaped, verdict classes
+    assert 'id="answers"' in page and "法国的首都是哪里？" in page and "巴黎市" in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "<script" not in page
+    assert page.count('class="text answer ok"') == 1          # tuned 巴黎
+    assert page.count('class="text answer near"') == 1        # base "Hi" vs "hi"
+    assert page.count('class="text answer bad"') == 2         # base 巴黎市, tuned <script>
+    # self-contained: nothing fetched from elsewhere
+    assert "<link" not in page and "@import" not in page and 'src="http' not in page
+    assert '<meta charset="utf-8">' in page
+
+
+def test_report_train_layout_with_predictions_flag(tmp_path):
+    _train_dir(tmp_path / "out")
+    _write_jsonl(tmp_path / "preds.jsonl", REPORT_ROWS)
+    path = write_report(ReportConfig(run_dir=str(tmp_path / "out"), predictions=str(tmp_path / "preds.jsonl"),
+                                     output=str(tmp_path / "html" / "r.html"), title="My <run>", max_examples=1))
+    page = path.read_text(encoding="utf-8")
+    assert path == tmp_path / "html" / "r.html"
+    assert "<title>My &lt;run&gt;</title>" in page and "lora_rank: 8" in page
+    assert "Showing the first 1 of 2 rows" in page and "alert" not in page
+    with pytest.raises(UserError, match="not found"):
+        write_report(ReportConfig(run_dir=str(tmp_path / "out"), predictions=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(UserError, match="nothing to report"):
+        write_report(ReportConfig(run_dir=str(tmp_path / "html")))
+
+
+def test_report_falls_back_to_loss_png(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "train_config.yaml").write_text("model: m\n")
+    png = b"\x89PNG\r\n\x1a\nnot-really-a-png"
+    (tmp_path / "adapter" / "loss.png").write_bytes(png)
+    page = write_report(ReportConfig(run_dir=str(tmp_path))).read_text(encoding="utf-8")
+    assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
+    assert "<svg" not in page and "No predictions file" in page
+
+
+def test_cli_report(tmp_path):
+    _train_dir(tmp_path / "adapter")
+    _write_jsonl(tmp_path / "predictions.jsonl", REPORT_ROWS)
+    proc = subprocess.run([sys.executable, "-m", "instructglm", "report", str(tmp_path), "-o", "x.html"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "x.html" in proc.stdout and (tmp_path / "x.html").is_file()
+
+
+def test_nice_ticks():
+    # range 2.213 over 5 ticks -> raw step 0.44 -> rounded up to 0.5
+    assert nice_ticks(0, 2.213) == [0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert nice_ticks(0, 90) == [0, 20, 40, 60, 80, 100]
