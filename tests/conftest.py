@@ -10,9 +10,9 @@ sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 import pytest  # noqa: E402
 
-from tiny import make_model_dir, make_tokenizer  # noqa: E402
+from sample_data import ALPACA_ROWS, tokenized_dataset  # noqa: E402,F401  (ALPACA_ROWS: for tests)
+from tiny import ARCHS, make_model_dir, make_tokenizer  # noqa: E402,F401
 
-ARCHS = ["llama", "qwen2", "gemma3", "glm", "glm4"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -40,9 +40,16 @@ def tokenizer():
     return make_tokenizer()
 
 
-ALPACA_ROWS = [
-    {"instruction": "Who are you?", "input": "", "output": "I am a tiny model."},
-    {"instruction": "把下面的英文转换成大写字母", "input": "good morning", "output": "GOOD MORNING", "category": "upper"},
-    {"instruction": "What is the capital of France?", "input": "", "output": "Paris"},
-    {"instruction": "你是谁？", "input": "", "output": "我是一个测试模型。"},
-]
+@pytest.fixture(scope="session")
+def tokenized(tmp_path_factory, tiny_models):
+    """``tokenized(arch="llama")``: ALPACA_ROWS x 3 converted and tokenized for a tiny model, built once
+    per session. Read-only: a test that changes the dataset builds its own with ``tokenized_dataset``."""
+    built = {}
+
+    def get(arch: str = "llama"):
+        if arch not in built:
+            built[arch] = tokenized_dataset(tmp_path_factory.mktemp(f"tok-{arch}"), tiny_models(arch))
+        return built[arch]
+
+    return get
+

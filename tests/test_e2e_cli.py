@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 
 pytestmark = pytest.mark.slow
 

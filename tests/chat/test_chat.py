@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from instructglm.chat.chat import ChatConfig, ChatSession, StreamCutter
-from test_infer import make_adapter, wire_chain
+from adapters import make_adapter, wire_chain
 
 
 def test_stream_cutter_holds_back_what_may_become_a_marker():

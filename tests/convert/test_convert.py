@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.errors import UserError
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+ARCHS = ["llama", "qwen2", "gemma3", "glm", "glm4"]  # the families every per-architecture test covers
+
 CORPUS = [
     "### Instruction:\n", "### Input:\n", "### Response:\n",
     "What is the capital of France? Paris. Convert to uppercase: good morning -> GOOD MORNING.",

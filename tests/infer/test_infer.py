@@ -6,23 +6,11 @@ import json
 import pytest
 import torch
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.errors import UserError
+from adapters import make_adapter, wire_chain
 import instructglm.infer.infer as G
 from instructglm.infer.infer import Generator, InferConfig, infer
-
-
-def make_adapter(base_dir, out_dir, seed):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
-    peft.save_pretrained(out_dir)
-    (out_dir / "instructglm.json").write_text(json.dumps({"base_model": str(base_dir), "method": "lora",
-                                                          "template": "alpaca"}))
-    return str(out_dir)
 
 
 @pytest.fixture(scope="module")
@@ -126,24 +114,6 @@ def test_resume_generates_only_the_missing_rows(setup, tmp_path, monkeypatch):
     result, rows = run(setup, tmp_path, batch_size=2)
     assert sum(generated) == 6 - 2 and result["resumed"] == 2
     assert rows == full and not partial.exists()
-
-
-def wire_chain(model, tok, text="Paris. ### Instruction:"):
-    """Rewire a tiny llama so that, after a prompt ending in "### Response:\\n", greedy decoding writes
-    ``text`` and then repeats it forever (each token's successor depends on that token only)."""
-    prompt_end = tok("### Response:\n", add_special_tokens=False).input_ids[-1]
-    chain = [prompt_end] + tok(text, add_special_tokens=False).input_ids
-    assert len(set(chain)) == len(chain)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.lm_head.weight.zero_()
-        for k, (cur, nxt) in enumerate(zip(chain, chain[1:] + [chain[1]])):
-            model.model.embed_tokens.weight[cur, k] = 1.0
-            model.lm_head.weight[nxt, k] = 10.0
-    return chain
 
 
 def test_stops_at_the_template_marker(tmp_path, tiny_models):

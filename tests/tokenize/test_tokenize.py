@@ -3,7 +3,7 @@ import json
 import datasets
 import pytest
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.templates import Segment, get_template
 from instructglm.tokenize.tokenize import (IGNORE_INDEX, SegmentEncoder, TokenizeConfig, apply_length_policy,

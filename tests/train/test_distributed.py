@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.config import load_config
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file

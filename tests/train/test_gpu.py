@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from test_packing import _examples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

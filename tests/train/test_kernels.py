@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
 from instructglm.errors import UserError

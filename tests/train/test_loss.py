@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ARCHS
+from tiny import ARCHS
 from instructglm.train.loss import causal_lm_loss_sum
 
 

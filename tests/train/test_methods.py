@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ALPACA_ROWS, ARCHS
+from sample_data import ALPACA_ROWS
+from tiny import ARCHS
 from instructglm.cli import main
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file

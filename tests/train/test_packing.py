@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ARCHS
+from tiny import ARCHS
 from instructglm.train import methods
 from instructglm.train.packing import collate_packed, plan_rows
 from instructglm.train.recipe import batch_loss_sum, collate

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.cli import main
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file

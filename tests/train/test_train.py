@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from conftest import ALPACA_ROWS
+from sample_data import ALPACA_ROWS
 from instructglm.config import load_config
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
