@@ -5,7 +5,7 @@ the alpaca template) and the same settings (greedy, ``--max-new-tokens``):
 
 * seeds' loop: ``model.generate`` once per prompt, stopping at EOS or max_new_tokens, then the
   answer is decoded and cut at the template's next turn marker;
-* ours: :class:`instructglm.infer.infer.Generator` as ``infer`` uses it: prompts sorted by
+* ours: :class:`instructglm.generation.Engine` as ``infer`` uses it: prompts sorted by
   length, left-padded batches, generation stopped per row at EOS or at the turn marker.
 
 Reported: wall time of each, the speed ratio, and how many answers differ (greedy decoding of a
@@ -43,17 +43,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from instructglm.templates import get_template
-    from instructglm.infer.infer import Generator, read_records
+    from instructglm.convert import read_conversations
+    from instructglm.generation import Engine, SamplingConfig
     from instructglm.models.loading import load_model, load_tokenizer, resolve_model
+    from instructglm.templates import get_template
 
     path = resolve_model(args.model)
     tokenizer = load_tokenizer(path)
     model = load_model(path).eval()
     template = get_template("alpaca")
-    gen = Generator(model, tokenizer, template, max_new_tokens=args.max_new_tokens)
-    records = read_records(TEST_SET, limit=args.prompts)
-    prompts = gen.prompts_ids([r["messages"] for r in records])
+    engine, sampling = Engine(model, tokenizer), SamplingConfig(max_new_tokens=args.max_new_tokens)
+    conversations = read_conversations(TEST_SET, limit=args.prompts)
+    prompts = engine.prompts_ids(template, [c.prompt for c in conversations])
     n = len(prompts)
     print(f"{n} prompts ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), greedy, "
           f"max_new_tokens {args.max_new_tokens}, torch threads {torch.get_num_threads()}", flush=True)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         return template.cut(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
 
     seeds_one(prompts[0][:8])  # warm-up (first-call costs are nobody's speed)
-    gen.generate([prompts[0][:8]])
+    engine.generate([prompts[0][:8]], sampling, template.stop)
 
     load = os.getloadavg()
     t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     order = sorted(range(n), key=lambda i: len(prompts[i]))
     for start in range(0, n, args.batch_size):
         idx = order[start:start + args.batch_size]
-        for i, text in zip(idx, gen.generate([prompts[i] for i in idx])):
+        for i, text in zip(idx, engine.generate([prompts[i] for i in idx], sampling, template.stop)):
             ours[i] = text
     t_ours = time.perf_counter() - t0
     print(f"ours (batched, {args.batch_size} per batch): {t_ours:.1f} s", flush=True)

@@ -110,7 +110,7 @@ def test_bom_and_trailing_comma_are_accepted(tmp_path, capsys, name, records):
     assert code == 0, err
     rows = [rec for _, rec in read_canonical(tmp_path / "o.jsonl")]
     assert len(rows) == records
-    assert not rows[0]["messages"][0]["content"].startswith("\ufeff")
+    assert not rows[0].messages[0].content.startswith("\ufeff")
 
 
 def test_fifty_megabyte_line(tmp_path, capsys):

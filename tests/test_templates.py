@@ -3,7 +3,8 @@ import json
 import pytest
 
 from instructglm.templates import Segment, get_template
-from instructglm.tokenize.tokenize import IGNORE_INDEX, SegmentEncoder
+from instructglm.constants import IGNORE_INDEX
+from instructglm.tokenize import SegmentEncoder
 from instructglm.errors import UserError
 
 TWO_TURNS = [{"role": "system", "content": "Be brief."},

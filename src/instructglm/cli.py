@@ -1,142 +1,165 @@
-"""The ``instructglm`` command: a thin layer that maps each subcommand to one plain function.
+"""The ``instructglm`` command: a thin map from each subcommand to one plain function.
 
-Every subcommand's options come from its config dataclass (``--kebab-case`` flags, the seeds'
-``--snake_case`` names as aliases). ``train`` also takes a YAML file and ``key=value`` overrides.
-User mistakes (``UserError``) print one line and exit with status 2, without a traceback.
+Every subcommand's options come from its config dataclass (``--kebab-case`` flags; the
+``--snake_case`` names of ChatGLM-Tuning and Alpaca-LoRA, such as ``--lora_rank``, as aliases).
+``train`` also takes a YAML file and ``key=value`` overrides. User mistakes (``UserError``) print
+one line and exit with status 2, without a traceback.
+
+:data:`VERBS` lists the subcommands: where the config class and the function live, and the line
+printed when a batch verb is done (the interactive ``chat``, ``serve`` and ``demo`` talk to the
+user themselves). What else reaches the terminal is decided in :mod:`instructglm.console`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
+from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Callable
 
-from instructglm import __version__
+from instructglm import __version__, console
 from instructglm.config import add_arguments, load_config
 from instructglm.errors import UserError
 
 
-def _convert(args) -> Any:
-    from instructglm.convert.convert import ConvertConfig, convert_files
+# ------------------------------------------------------------------------------------------ results
 
-    cfg = load_config(ConvertConfig, flags=_flags(args, ConvertConfig))
-    result = convert_files(cfg)
+
+def summary_convert(cfg, result: dict) -> str:
     rejects = f"; rejects in {result['rejects']}" if result.get("rejects") else ""
-    print(f"wrote {result['records']} records to {result['output']} ({result['converted']} converted, "
-          f"{result['rejected']} rejected, {result['duplicates']} duplicates removed{rejects})")
-    return result
+    return (f"wrote {result['records']} records to {result['output']} ({result['converted']} converted, "
+            f"{result['rejected']} rejected, {result['duplicates']} duplicates removed{rejects})")
 
 
-def _tokenize(args) -> Any:
-    from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
-
-    cfg = load_config(TokenizeConfig, flags=_flags(args, TokenizeConfig))
-    stats = tokenize_file(cfg, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-    for example in stats.get("examples", []):
-        print(example + "\n")
+def summary_tokenize(cfg, stats: dict) -> str:
+    examples = "".join(example + "\n\n" for example in stats.get("examples", []))
     if stats.get("up_to_date"):
-        print(f"{cfg.output}: up to date ({stats['rows_out']} rows; same input, tokenizer, template and "
-              f"options); --force to redo")
-        return stats
-    print(f"{stats['rows_out']} rows written to {cfg.output} in {stats.get('seconds', 0):.1f} s "
-          f"({stats['rows_skipped']} skipped, {stats['rows_truncated']} truncated: "
-          f"{stats.get('rows_truncated_prompt', 0)} in the prompt, {stats.get('rows_truncated_response', 0)} "
-          f"in the response; {stats.get('num_proc', 1)} process(es))")
-    print(f"lengths before {stats['length_before']}\nlengths after  {stats['length_after']}")
-    return stats
+        return (f"{examples}{cfg.output}: up to date ({stats['rows_out']} rows; same input, tokenizer, template "
+                f"and options); --force to redo")
+    return (f"{examples}{stats['rows_out']} rows written to {cfg.output} in {stats.get('seconds', 0):.1f} s "
+            f"({stats['rows_skipped']} skipped, {stats['rows_truncated']} truncated: "
+            f"{stats.get('rows_truncated_prompt', 0)} in the prompt, {stats.get('rows_truncated_response', 0)} "
+            f"in the response; {stats.get('num_proc', 1)} process(es))\n"
+            f"lengths before {stats['length_before']}\nlengths after  {stats['length_after']}")
 
 
-def _train(args) -> Any:
-    from instructglm.train.recipe import TrainConfig, train
-
-    cfg = load_config(TrainConfig, args.config, args.overrides, _flags(args, TrainConfig))
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch(args.nproc, args.argv)
-    result = train(cfg)
-    if os.environ.get("RANK", "0") != "0" or result.get("interrupted"):  # interrupted: train() said how to resume
-        return result
+def summary_train(cfg, result: dict | None) -> str | None:
+    # Launched processes, other ranks and interrupted runs (train() said how to resume) print nothing here.
+    if result is None or os.environ.get("RANK", "0") != "0" or result.get("interrupted"):
+        return None
     last = result["logs"][-1]["loss"] if result["logs"] else float("nan")
-    print(f"trained {result['steps']} steps, final loss {last:.4f}; adapter in {result['output_dir']}")
-    return result
+    return f"trained {result['steps']} steps, final loss {last:.4f}; adapter in {result['output_dir']}"
 
 
-def _infer(args) -> Any:
-    from instructglm.infer.infer import InferConfig, infer
-
-    cfg = load_config(InferConfig, flags=_flags(args, InferConfig))
-    result = infer(cfg)
+def summary_infer(cfg, result: dict) -> str:
     resumed = f"; {result['resumed']} rows resumed from {result['output']}.partial" if result.get("resumed") else ""
-    print(f"wrote {result['records']} predictions to {result['output']} (template {result['template']}, "
-          f"columns {', '.join(result['columns'])}{resumed})")
-    return result
+    return (f"wrote {result['records']} predictions to {result['output']} (template {result['template']}, "
+            f"columns {', '.join(result['columns'])}{resumed})")
 
 
-def _chat(args) -> Any:
-    from instructglm.chat.chat import ChatConfig, chat
-
-    return chat(load_config(ChatConfig, flags=_flags(args, ChatConfig)))
-
-
-def _merge(args) -> Any:
-    from instructglm.merge.merge import MergeConfig, merge
-
-    cfg = load_config(MergeConfig, flags=_flags(args, MergeConfig))
-    result = merge(cfg)
-    for s in result["steps"]:
-        print(f"  {s['adapter']} ({s['method']}): max |logit diff| merged vs unmerged {s['max_abs_logit_diff']:.2e}, "
-              f"adapter effect {s['adapter_effect']:.2e}")
+def summary_merge(cfg, result: dict) -> str:
+    steps = [f"  {s['adapter']} ({s['method']}): max |logit diff| merged vs unmerged {s['max_abs_logit_diff']:.2e}, "
+             f"adapter effect {s['adapter_effect']:.2e}" for s in result["steps"]]
     cast = (f"; saved as {result['dtype']}, cast changes logits by {result['cast_logit_diff']:.2e}"
             if result["dtype"] != "float32" else "")
-    print(f"merged model written to {result['output']} (max |logit diff| vs base+adapter: "
-          f"{result['max_abs_logit_diff']:.2e}, tolerance {result['tolerance']:.0e}, checked in fp32{cast}; "
-          f"read back within {result['readback_diff']:.2e})")
-    return result
+    done = (f"merged model written to {result['output']} (max |logit diff| vs base+adapter: "
+            f"{result['max_abs_logit_diff']:.2e}, tolerance {result['tolerance']:.0e}, checked in fp32{cast}; "
+            f"read back within {result['readback_diff']:.2e})")
+    return "\n".join([*steps, done])
 
 
-def _export(args) -> Any:
-    from instructglm.export.gguf import ExportConfig, export
-
-    cfg = load_config(ExportConfig, flags=_flags(args, ExportConfig))
-    result = export(cfg)
-    print(f"wrote {result['output']} ({result['arch']}, {result['quant']}, {result['tensors']} tensors, "
-          f"{result['size_mb']:.1f} MB) and {result['modelfile']}")
-    return result
+def summary_export(cfg, result: dict) -> str:
+    return (f"wrote {result['output']} ({result['arch']}, {result['quant']}, {result['tensors']} tensors, "
+            f"{result['size_mb']:.1f} MB) and {result['modelfile']}")
 
 
-def _demo(args) -> Any:
-    from instructglm.demo.demo import DemoConfig, run_demo
+def summary_eval(cfg, result: dict) -> str:
+    from instructglm.eval import format_table
 
-    cfg = load_config(DemoConfig, flags=_flags(args, DemoConfig))
-    return run_demo(cfg)
-
-
-def _eval(args) -> Any:
-    from instructglm.eval.evaluate import EvalConfig, evaluate, format_table
-
-    cfg = load_config(EvalConfig, flags=_flags(args, EvalConfig))
-    result = evaluate(cfg)
-    print(format_table(result))
-    if cfg.output:
-        print(f"\nmetrics written to {cfg.output}")
-    return result
+    return format_table(result) + (f"\n\nmetrics written to {cfg.output}" if cfg.output else "")
 
 
-def _report(args) -> Any:
-    from instructglm.report.report import ReportConfig, write_report
-
-    cfg = load_config(ReportConfig, flags=_flags(args, ReportConfig))
-    path = write_report(cfg)
-    print(f"report written to {path}")
-    return path
+def summary_report(cfg, path) -> str:
+    return f"report written to {path}"
 
 
-def _serve(args) -> Any:
-    from instructglm.serve.app import ServeConfig, serve
+# ------------------------------------------------------------------------------------------ verbs
 
-    return serve(load_config(ServeConfig, flags=_flags(args, ServeConfig)))
+
+def _config_from_flags(args: argparse.Namespace, cls):
+    return load_config(cls, flags=_flags(args, cls))
+
+
+def _train_config(args: argparse.Namespace, cls):
+    return load_config(cls, args.config, args.overrides, _flags(args, cls))
+
+
+def _call(function: Callable, cfg, args: argparse.Namespace):
+    return function(cfg)
+
+
+def _tokenize_in_color(function: Callable, cfg, args: argparse.Namespace):
+    return function(cfg, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+
+
+def _train_or_launch(function: Callable, cfg, args: argparse.Namespace):
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(args.nproc, args.argv)  # (the config was checked first)
+    return function(cfg)
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One subcommand: ``instructglm.<package>`` re-exports its config class and its function."""
+
+    package: str
+    config: str
+    function: str
+    help: str
+    summary: Callable[[Any, Any], str | None] | None = None  # (config, result) -> the line printed at the end
+    configure: Callable[[argparse.Namespace, type], Any] = _config_from_flags
+    call: Callable[[Callable, Any, argparse.Namespace], Any] = _call
+
+    def target(self) -> tuple[type, Callable]:
+        module = import_module(f"instructglm.{self.package}")
+        return getattr(module, self.config), getattr(module, self.function)
+
+    def run(self, args: argparse.Namespace) -> Any:
+        cls, function = self.target()
+        cfg = self.configure(args, cls)
+        result = self.call(function, cfg, args)
+        line = self.summary(cfg, result) if self.summary else None
+        if line is not None:
+            print(line)
+        return result
+
+
+VERBS: dict[str, Verb] = {
+    "convert": Verb("convert", "ConvertConfig", "convert_files", "convert dataset files to canonical JSONL",
+                    summary_convert),
+    "tokenize": Verb("tokenize", "TokenizeConfig", "tokenize_file", "tokenize canonical JSONL into a training dataset",
+                     summary_tokenize, call=_tokenize_in_color),
+    "train": Verb("train", "TrainConfig", "train", "fine-tune a model (LoRA, P-Tuning v2, Freeze, full)",
+                  summary_train, configure=_train_config, call=_train_or_launch),
+    "infer": Verb("infer", "InferConfig", "infer", "generate answers for a data file", summary_infer),
+    "chat": Verb("chat", "ChatConfig", "chat",
+                 "talk to a model in the terminal, streaming (/reset, /adapter NAME, /exit)"),
+    "merge": Verb("merge", "MergeConfig", "merge",
+                  "fold LoRA adapters (in order), Freeze or full results into the base model", summary_merge),
+    "export": Verb("export", "ExportConfig", "export", "write a GGUF file (llama.cpp) and an Ollama Modelfile",
+                   summary_export),
+    "demo": Verb("demo", "DemoConfig", "run_demo",
+                 "tune the embedded model on the embedded data and show before/after"),
+    "eval": Verb("eval", "EvalConfig", "evaluate",
+                 "score predictions: EM, BLEU-4, ROUGE, per category, base vs tuned", summary_eval),
+    "serve": Verb("serve", "ServeConfig", "serve",
+                  "OpenAI-compatible HTTP API and chat page for a model and its adapters"),
+    "report": Verb("report", "ReportConfig", "write_report", "write a self-contained HTML report of a run",
+                   summary_report),
+}
 
 
 def _launch(nproc: int, argv: list[str]) -> None:
@@ -165,54 +188,31 @@ def _flags(args: argparse.Namespace, cls) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from instructglm.convert.convert import ConvertConfig
-    from instructglm.tokenize.tokenize import TokenizeConfig
-    from instructglm.demo.demo import DemoConfig
-    from instructglm.eval.evaluate import EvalConfig
-    from instructglm.report.report import ReportConfig
-    from instructglm.chat.chat import ChatConfig
-    from instructglm.infer.infer import InferConfig
-    from instructglm.export.gguf import ExportConfig
-    from instructglm.merge.merge import MergeConfig
-    from instructglm.serve.app import ServeConfig
-    from instructglm.train.recipe import TrainConfig
-
     parser = argparse.ArgumentParser(prog="instructglm", description="Instruction-tune causal language models, "
                                      "offline: convert -> tokenize -> train -> infer -> merge.")
     parser.add_argument("--version", action="version", version=f"instructglm {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also the libraries' log lines, warnings and progress bars (transformers, datasets, ...)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    def command(name: str, func: Callable, cls, help_text: str, positional: tuple[str, ...] = ()):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        for pos in positional:
-            if pos == "inputs":
-                p.add_argument("inputs", nargs="+", metavar="IN", help="input files or glob patterns")
-            else:
-                p.add_argument(pos, nargs="?", default=None, help=f"{pos} (or --{pos})")
-        add_arguments(p, cls, skip=positional)
-        p.set_defaults(func=func)
-        return p
-
-    command("convert", _convert, ConvertConfig, "convert dataset files to canonical JSONL", ("inputs",))
-    tok = command("tokenize", _tokenize, TokenizeConfig, "tokenize canonical JSONL into a training dataset")
-    tok.add_argument("input_pos", nargs="?", metavar="IN.jsonl", help="canonical JSONL file")
-    train = command("train", _train, TrainConfig, "fine-tune a model (LoRA, P-Tuning v2, Freeze, full)")
-    train.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
-    train.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
-    train.add_argument("--nproc", type=int, default=1, help="launch N training processes on this machine "
-                       "(torchrun); for several machines use torchrun or accelerate launch directly")
-    command("infer", _infer, InferConfig, "generate answers for a data file")
-    command("chat", _chat, ChatConfig, "talk to a model in the terminal, streaming (/reset, /adapter NAME, /exit)")
-    command("merge", _merge, MergeConfig, "fold LoRA adapters (in order), Freeze or full results into the base model")
-    command("export", _export, ExportConfig, "write a GGUF file (llama.cpp) and an Ollama Modelfile")
-    command("demo", _demo, DemoConfig, "tune the embedded model on the embedded data and show before/after")
-    ev = command("eval", _eval, EvalConfig, "score predictions: EM, BLEU-4, ROUGE, per category, base vs tuned")
-    ev.add_argument("predictions_pos", nargs="?", metavar="PRED.jsonl", help="predictions JSONL from 'infer'")
-    command("serve", _serve, ServeConfig, "OpenAI-compatible HTTP API and chat page for a model and its adapters")
-    rep = command("report", _report, ReportConfig, "write a self-contained HTML report of a run")
-    rep.add_argument("run_dir_pos", nargs="?", metavar="RUN_DIR", help="demo work dir or train output dir")
+    commands = {}
+    for name, verb in VERBS.items():
+        p = commands[name] = sub.add_parser(name, help=verb.help, description=verb.help)
+        if name == "convert":
+            p.add_argument("inputs", nargs="+", metavar="IN", help="input files or glob patterns")
+        add_arguments(p, verb.target()[0], skip=("inputs",) if name == "convert" else ())
+        p.set_defaults(func=verb.run)
+    commands["tokenize"].add_argument("input_pos", nargs="?", metavar="IN.jsonl", help="canonical JSONL file")
+    commands["train"].add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
+    commands["train"].add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
+    commands["train"].add_argument("--nproc", type=int, default=1,
+                                   help="launch N training processes on this machine (torchrun); for several "
+                                        "machines use torchrun or accelerate launch directly")
+    commands["eval"].add_argument("predictions_pos", nargs="?", metavar="PRED.jsonl",
+                                  help="predictions JSONL from 'infer'")
+    commands["report"].add_argument("run_dir_pos", nargs="?", metavar="RUN_DIR",
+                                    help="demo work dir or train output dir")
     return parser
 
 
@@ -235,11 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    console.setup(quiet=args.quiet, verbose=args.verbose)
     try:
         _fix_positionals(args)
         args.func(args)

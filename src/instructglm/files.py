@@ -32,10 +32,11 @@ def _prepare_parent(path: Path) -> Path:
     if path.is_dir():
         raise UserError(f"{path}: is a directory; give a file name for the output")
     parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{path}: cannot create output directory: {e.strerror}") from None
+    if not parent.exists():  # (a parent that is a file fails below, with "cannot write output")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{path}: cannot create output directory: {e.strerror}") from None
     return parent
 
 
@@ -84,7 +85,10 @@ def atomic_dir(target: str | Path, marker: str | None = None, marker_text: str =
     """
     target = Path(target)
     parent = _prepare_parent(target) if not target.is_dir() else target.parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise UserError(f"{target}: cannot write output: {e.strerror}") from None
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructglm.errors import UserError
-from instructglm.record import Message, as_messages
+from instructglm.record import Conversation, Message, as_messages
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,7 @@ class Template:
         """The segments to generate from: every turn (a trailing assistant turn is dropped) up to
         the opening of the next response. Earlier responses stay trained segments so that their
         EOS is encoded exactly as in training."""
-        messages = as_messages(messages)
-        if messages and messages[-1].role == "assistant":
-            messages = messages[:-1]
-        return self.segments(messages)
+        return self.segments(Conversation(as_messages(messages)).prompt)
 
     def manifest(self) -> dict:
         """What identifies this template in a tokenized dataset's manifest."""
@@ -137,7 +134,7 @@ class TurnTemplate(Template):
 
 
 class AlpacaTemplate(TurnTemplate):
-    """The seeds' format: ``### Instruction:\\n…\\n\\n### Input:\\n…\\n\\n### Response:\\n`` (no Input
+    """Alpaca's format: ``### Instruction:\\n…\\n\\n### Input:\\n…\\n\\n### Response:\\n`` (no Input
     block when the input is empty). A system message, if any, comes first followed by a blank line."""
 
     name = "alpaca"

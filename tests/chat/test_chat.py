@@ -7,30 +7,23 @@ import sys
 
 import pytest
 
-from instructglm.chat.chat import ChatConfig, ChatSession, StreamCutter
+from instructglm.chat.chat import ChatConfig, ChatSession
+from instructglm.record import Message
 from adapters import make_adapter, wire_chain
 
 
-def test_stream_cutter_holds_back_what_may_become_a_marker():
-    cut = StreamCutter(("### Instruction:", "### Response:"))
-    shown = [cut.feed(p) for p in ["\n ", "Par", "is", ". ", "\n#", "#", "# Ins", "truction:", "more"]]
-    assert shown == ["", "Par", "is", ".", "", "", "", "", ""]
-    assert cut.stopped and "".join(shown) == "Paris."
-    cut = StreamCutter(("### Instruction:",))
-    assert [cut.feed(p) for p in ["a #", "1 ", "你好"]] == ["a", " #1", " 你好"]  # '#1' is no marker
-
-
-def test_session_streams_what_the_generator_answers(tiny_models, tmp_path):
-    from instructglm.infer.infer import Generator
+def test_session_streams_what_the_engine_answers(tiny_models, tmp_path):
+    from instructglm.generation import SamplingConfig
 
     model = tiny_models("llama")
     a, b = (make_adapter(model, tmp_path / n, seed) for n, seed in (("a", 1), ("b", 2)))
     out = io.StringIO()
     session = ChatSession(ChatConfig(model=model, adapter=[f"a={a}", f"b={b}"], max_new_tokens=8), out=out)
-    gen = Generator(session.model, session.tokenizer, session.template, max_new_tokens=8)
+    engine, template = session.engine, session.template
 
     def expected(messages):
-        return gen.generate([gen.prompt_ids(messages)])[0]
+        prompt = engine.prompt_ids(template, messages)
+        return engine.generate([prompt], SamplingConfig(max_new_tokens=8), template.stop)[0]
 
     first = session.answer("你好，请介绍一下你自己")
     assert first == expected([{"role": "user", "content": "你好，请介绍一下你自己"}])
@@ -46,7 +39,7 @@ def test_session_streams_what_the_generator_answers(tiny_models, tmp_path):
     session.switch("base")
     session.reset()
     plain = session.answer("hi")
-    assert session.history == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": plain}]
+    assert session.history == [Message("user", "hi"), Message("assistant", plain)]
     session.model.set_adapter("b")
     assert with_b == expected([{"role": "user", "content": "hi"}])
     with session.model.disable_adapter():

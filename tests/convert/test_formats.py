@@ -14,8 +14,10 @@ import pytest
 
 from instructglm.config import load_config
 from instructglm.convert import sources as records
-from instructglm.convert.convert import (FORMATS, ConvertConfig, classify, convert_files, iter_converted,
-                                      rejects_path, split_turns, BELLE_LABELS)
+from instructglm.convert.convert import ConvertConfig, convert_files, rejects_path
+from instructglm.convert.formats import DATASET_FORMATS, classify
+from instructglm.convert.reading import convert_items, open_dataset
+from instructglm.convert.turns import BELLE_LABELS, split_turns
 from instructglm.convert.sources import read_records
 from instructglm.errors import UserError
 
@@ -64,12 +66,12 @@ def _rejects(result):
 
 
 def test_every_format_has_a_fixture():
-    assert set(FIXTURE_FORMATS.values()) == set(FORMATS)
+    assert set(FIXTURE_FORMATS.values()) == set(DATASET_FORMATS)
 
 
 @pytest.mark.parametrize("name,fmt", sorted(FIXTURE_FORMATS.items()))
 def test_fixture_auto_detects_and_every_record_classifies(tmp_path, name, fmt, caplog):
-    with caplog.at_level(logging.INFO, logger="instructglm.convert.convert"):
+    with caplog.at_level(logging.INFO, logger="instructglm.convert.reading"):
         result, recs = _convert(tmp_path, name)
     assert result["formats"] == {str(DATA / name): fmt}
     assert f"{name}: detected format '{fmt}'" in caplog.text
@@ -286,11 +288,12 @@ def test_dedup_across_files(tmp_path):
     assert {r["source"] for r in recs} == {"alpaca.json"}  # the first occurrence is kept
 
 
-def test_iter_converted_can_hand_rejects_to_a_callback(tmp_path):
+def test_convert_items_can_hand_rejects_to_a_callback(tmp_path):
     src = tmp_path / "x.jsonl"
     src.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q"}\n', encoding="utf-8")
     seen = []
-    recs = list(iter_converted(src, on_reject=seen.append))
+    fmt, items = open_dataset(src)
+    recs = list(convert_items(src, fmt, items, on_reject=seen.append))
     assert len(recs) == 1 and [(r.line, r.reason) for r in seen] == [(2, "missing field 'response'")]
 
 

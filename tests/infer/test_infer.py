@@ -9,8 +9,8 @@ import torch
 from sample_data import ALPACA_ROWS
 from instructglm.errors import UserError
 from adapters import make_adapter, wire_chain
-import instructglm.infer.infer as G
-from instructglm.infer.infer import Generator, InferConfig, infer
+from instructglm.generation import Engine, SamplingConfig
+from instructglm.infer.infer import InferConfig, infer
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +86,20 @@ def test_several_adapters_one_column_each(setup, tmp_path):
 
 def test_resume_generates_only_the_missing_rows(setup, tmp_path, monkeypatch):
     generated = []
-    real = Generator.generate
+    real = Engine.generate
 
-    def counting(self, prompts):
+    def counting(self, prompts, *args, **kwargs):
         generated.append(len(prompts))
-        return real(self, prompts)
+        return real(self, prompts, *args, **kwargs)
 
     _, full = run(setup, tmp_path, name="full.jsonl", batch_size=2)
 
-    def interrupted(self, prompts):
+    def interrupted(self, prompts, *args, **kwargs):
         if len(generated) == 2:
             raise KeyboardInterrupt
-        return counting(self, prompts)
+        return counting(self, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(Generator, "generate", interrupted)
+    monkeypatch.setattr(Engine, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(setup, tmp_path, batch_size=2)
     partial = tmp_path / "pred.jsonl.partial"
@@ -110,7 +110,7 @@ def test_resume_generates_only_the_missing_rows(setup, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="other settings"):
         run(setup, tmp_path, batch_size=2, max_new_tokens=7)
     generated.clear()
-    monkeypatch.setattr(Generator, "generate", counting)
+    monkeypatch.setattr(Engine, "generate", counting)
     result, rows = run(setup, tmp_path, batch_size=2)
     assert sum(generated) == 6 - 2 and result["resumed"] == 2
     assert rows == full and not partial.exists()
@@ -135,10 +135,10 @@ def test_stops_at_the_template_marker(tmp_path, tiny_models):
         return out
 
     model.generate = recording
-    gen = Generator(model, tok, get_template("alpaca"), max_new_tokens=64)
-    prompts = gen.prompts_ids([[{"role": "user", "content": "What is the capital of France?"}],
-                               [{"role": "user", "content": "Capital?"}]])
-    assert gen.generate(prompts) == ["Paris.", "Paris."]
+    engine, template = Engine(model, tok), get_template("alpaca")
+    prompts = engine.prompts_ids(template, [[{"role": "user", "content": "What is the capital of France?"}],
+                                            [{"role": "user", "content": "Capital?"}]])
+    assert engine.generate(prompts, SamplingConfig(max_new_tokens=64), template.stop) == ["Paris.", "Paris."]
     assert lengths[0] <= len(chain) < 64
 
 
@@ -161,13 +161,3 @@ def test_sampling_flags(setup, tmp_path):
     _, greedy = run(setup, tmp_path, name="g.jsonl")
     assert [r["prediction"] for r in one] == [r["prediction"] for r in two]  # seeded
     assert [r["prediction"] for r in one] != [r["prediction"] for r in greedy]
-
-
-def test_placeholder_only_where_the_reply_is_missing():
-    keep = {"instruction": "q", "output": "a"}
-    assert G.with_placeholder_reply(keep) is keep
-    assert G.with_placeholder_reply({"prompt": "q"})["response"] == G.NO_REFERENCE
-    turns = G.with_placeholder_reply({"conversations": [{"from": "human", "value": "q"}]})["conversations"]
-    assert turns[-1] == {"from": "gpt", "value": G.NO_REFERENCE}
-    assert G.with_placeholder_reply({"text": "### Instruction:\nq\n\n### Response:\nEND\n"})["text"].endswith(
-        "### Response:\n" + G.NO_REFERENCE)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from real_clients import missing
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -19,9 +20,10 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from instructglm.templates import get_template  # noqa: E402
-from instructglm.infer.infer import Generator  # noqa: E402
+from instructglm.generation import SamplingConfig  # noqa: E402
 from instructglm.config import load_config  # noqa: E402
-from instructglm.serve.app import ServeConfig, Server, build_server, create_app  # noqa: E402
+from instructglm.serve.app import ServeConfig, Server, build_server  # noqa: E402
+from instructglm.serve.routes import create_app  # noqa: E402
 
 KEY = "s3cret-key"
 HELLO = [{"role": "user", "content": "Who are you?"}]
@@ -68,23 +70,23 @@ def served(tiny_models, tmp_path_factory):
     a1, a2 = make_adapter(base, root / "a1", 1), make_adapter(base, root / "a2", 2)
     srv = build_server(ServeConfig(model=base, adapter=[f"a1={a1}", f"a2={a2}"], max_messages=8,
                                    max_body_bytes=20_000))
-    keyed = Server(srv.engine, srv.templates, ServeConfig(model=base, api_key=KEY))
+    keyed = Server(srv.batcher, srv.templates, ServeConfig(model=base, api_key=KEY))
     with running(create_app(srv)) as url, running(create_app(keyed)) as keyed_url:
         yield {"server": srv, "url": url, "keyed_url": keyed_url,
                "client": openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)}
-    srv.engine.stop()
+    srv.batcher.stop()
 
 
 def reference(srv, model: str, messages, max_new_tokens: int) -> str:
-    """What ``infer`` (Generator.generate, transformers' generate) answers, greedy, on the same weights."""
-    m = srv.engine.model
-    gen = Generator(m, srv.engine.tokenizer, get_template("alpaca"), max_new_tokens=max_new_tokens)
-    prompt = gen.prompt_ids(messages)
+    """What ``infer`` (Engine.generate, transformers' generate) answers, greedy, on the same weights."""
+    engine, m, template = srv.engine, srv.engine.model, get_template("alpaca")
+    prompt = engine.prompt_ids(template, messages)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens)
     if model == "base":
         with m.disable_adapter():
-            return gen.generate([prompt])[0]
+            return engine.generate([prompt], sampling, template.stop)[0]
     m.set_adapter(model)
-    return gen.generate([prompt])[0]
+    return engine.generate([prompt], sampling, template.stop)[0]
 
 
 def test_models_and_health(served):
@@ -100,8 +102,7 @@ def test_chat_matches_infer_and_counts_usage(served, model):
     assert r.object == "chat.completion" and r.model == model and choice.message.role == "assistant"
     assert choice.message.content == reference(served["server"], model, HELLO, 24)
     assert choice.finish_reason in ("stop", "length")
-    prompt_ids = Generator(served["server"].engine.model, served["server"].engine.tokenizer,
-                           get_template("alpaca")).prompt_ids(HELLO)
+    prompt_ids = served["server"].engine.prompt_ids(get_template("alpaca"), HELLO)
     assert r.usage.prompt_tokens == len(prompt_ids)
     assert 1 <= r.usage.completion_tokens <= 24
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -234,7 +235,7 @@ def test_bug_gives_clean_500(served, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(served["server"].encoder, "encode", boom)
+    monkeypatch.setattr(served["server"].engine.encoder, "encode", boom)
     r = httpx.post(served["url"] + "/v1/chat/completions", json={"model": "base", "messages": HELLO})
     assert r.status_code == 500
     assert r.json()["error"]["type"] == "server_error"
@@ -242,7 +243,7 @@ def test_bug_gives_clean_500(served, monkeypatch):
 
 
 def test_client_disconnect_frees_the_row(served):
-    engine = served["server"].engine
+    engine = served["server"].batcher
     before = engine.stats["cancelled"]
     body = {"model": "base", "prompt": "Hi", "max_tokens": 480, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", served["url"] + "/v1/completions", json=body) as r:
@@ -256,7 +257,7 @@ def test_client_disconnect_frees_the_row(served):
 
 
 def test_concurrent_load_is_batched_without_errors(served):
-    engine = served["server"].engine
+    engine = served["server"].batcher
     engine.stats["max_batch"] = 0
     c = openai.OpenAI(base_url=served["url"] + "/v1", api_key="unused", max_retries=0)
     models = ["base", "a1", "a2"]
@@ -288,7 +289,7 @@ def test_soak_mixed_clients_no_5xx_memory_stable(served):
     every slot freed, resident memory stable, and the server still answers afterwards."""
     import resource
 
-    url, engine = served["url"], served["server"].engine
+    url, engine = served["url"], served["server"].batcher
     ok_body = {"model": "a1", "messages": HELLO, "max_tokens": 5}
     kinds = [
         ("valid", ok_body),
@@ -348,13 +349,17 @@ def test_repeated_adapter_flag():
 
 
 def _browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("playwright is not installed", "chat-page test")
     exe = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(exe).exists():
-        pytest.skip("chromium is not installed")
-    return playwright, exe
+        missing("chromium is not installed", "chat-page test")
+    return sync_api, exe
 
 
+@pytest.mark.browser
 def test_chat_page_in_headless_browser(served):
     sync_api, exe = _browser()
     url = served["keyed_url"]
@@ -365,7 +370,7 @@ def test_chat_page_in_headless_browser(served):
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"])
         except Exception as e:  # noqa: BLE001 - a browser that cannot start here is an environment matter
-            pytest.skip(f"chromium does not start: {e}")
+            missing(f"chromium does not start: {e}", "chat-page test")
         try:
             page = browser.new_page()
             posted = []
@@ -406,23 +411,52 @@ def test_chat_page_in_headless_browser(served):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3", "glm4"])
-def test_engine_batch_matches_generate(tiny_models, arch):
-    """Left-padded batch with KV cache, rows finishing at different times == transformers generate, row by row."""
-    from instructglm.serve.batcher import Engine, GenRequest
+def test_wave_matches_generate(tiny_models, arch):
+    """Left-padded wave with KV cache, rows finishing at different times == transformers generate, row by row."""
+    from instructglm.serve.batcher import Batcher, Delta, Done, GenRequest
 
     srv = build_server(ServeConfig(model=tiny_models(arch)), start=False)
-    engine = srv.engine
+    batcher, engine = srv.batcher, srv.engine
     template = get_template("alpaca")
-    gen = Generator(engine.model, engine.tokenizer, template, max_new_tokens=20)
     questions = ["Who are you?", "What is the capital of France? " * 3, "你是谁？", "Convert to uppercase: good morning"]
+    prompts = [engine.prompt_ids(template, [{"role": "user", "content": q}]) for q in questions]
     got = {}
-    reqs = [GenRequest(prompt_ids=gen.prompt_ids([{"role": "user", "content": q}]), max_tokens=20 - 3 * i,
-                       stops=template.stop, strip=True,
-                       sink=lambda ev, i=i: got.setdefault(i, []).append(ev)) for i, q in enumerate(questions)]
-    assert isinstance(engine, Engine)
-    engine._run("base", reqs)
-    for i, q in enumerate(questions):
-        gen.max_new_tokens = 20 - 3 * i
-        want = gen.generate([gen.prompt_ids([{"role": "user", "content": q}])])[0]
-        assert "".join(ev[1] for ev in got[i] if ev[0] == "delta") == want
-        assert got[i][-1][0] == "done"
+    reqs = [GenRequest(prompt_ids=p, sampling=SamplingConfig(max_new_tokens=20 - 3 * i), stops=template.stop,
+                       strip=True, sink=lambda ev, i=i: got.setdefault(i, []).append(ev)) for i, p in enumerate(prompts)]
+    assert isinstance(batcher, Batcher)
+    batcher._run("base", reqs)
+    for i, prompt in enumerate(prompts):
+        want = engine.generate([prompt], SamplingConfig(max_new_tokens=20 - 3 * i), template.stop)[0]
+        assert "".join(ev.text for ev in got[i] if isinstance(ev, Delta)) == want
+        assert isinstance(got[i][-1], Done) and sum(isinstance(ev, Done) for ev in got[i]) == 1
+
+
+def test_messages_go_through_the_record():
+    """``developer`` is read as ``system``, text parts are joined, and what the record refuses is a 400
+    naming the field."""
+    from instructglm.serve.protocol import APIError, parse_messages
+
+    conv = parse_messages({"messages": [{"role": "developer", "content": "be brief"},
+                                        {"role": "user", "content": [{"type": "text", "text": "hi "},
+                                                                     {"type": "text", "text": "there"}]}]}, 8)
+    assert [(m.role, m.content) for m in conv.messages] == [("system", "be brief"), ("user", "hi there")]
+    for messages, param in (([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "messages[1]"),
+                            ([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}],
+                             "messages[1].role"),
+                            ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content"),
+                            ([{"role": "assistant", "content": "a"}], "messages[0]")):
+        with pytest.raises(APIError) as e:
+            parse_messages({"messages": messages}, 8)
+        assert e.value.status == 400 and e.value.param == param, (messages, e.value.message)
+
+
+@pytest.mark.parametrize("body,param", [({"temperature": float("nan")}, "temperature"), ({"temperature": 2.5}, "temperature"),
+                                        ({"temperature": "hot"}, "temperature"), ({"top_p": 1.5}, "top_p"),
+                                        ({"top_p": True}, "top_p")])
+def test_sampling_numbers_are_checked_by_the_engine(body, param):
+    from instructglm.serve.protocol import APIError, parse_sampling
+
+    with pytest.raises(APIError) as e:
+        parse_sampling(body, 8)
+    assert e.value.status == 400 and e.value.param == param
+    assert parse_sampling({"temperature": 0.7, "top_p": 0.9}, 8).max_new_tokens == 8

@@ -6,12 +6,13 @@ import pytest
 from sample_data import ALPACA_ROWS
 from instructglm.convert.convert import ConvertConfig, convert_files
 from instructglm.templates import Segment, get_template
-from instructglm.tokenize.tokenize import (IGNORE_INDEX, SegmentEncoder, TokenizeConfig, apply_length_policy,
-                                       tokenize_file)
+from instructglm.constants import IGNORE_INDEX
+from instructglm.tokenize import SegmentEncoder, TokenizeConfig, tokenize_file
+from instructglm.tokenize.encode import apply_length_policy
 from instructglm.errors import UserError
 
 
-def test_alpaca_template_renders_the_seed_format():
+def test_alpaca_template_renders_the_alpaca_format():
     t = get_template("alpaca")
     msgs = [{"role": "user", "content": "T\n\nhello", "instruction": "T", "input": "hello"},
             {"role": "assistant", "content": "HELLO"}]
@@ -68,22 +69,22 @@ def test_multi_turn_trains_every_assistant_turn(tokenizer):
 
 def test_length_policies():
     ids, labels = list(range(10)), [IGNORE_INDEX] * 6 + [6, 7, 8, 9]  # prompt 0..5, response 6..9 (9 = EOS)
-    assert apply_length_policy(ids, labels, 10, "skip", eos=9)[2] == "kept"
-    assert apply_length_policy(ids, labels, 8, "skip", eos=9) == (None, None, "skipped")
-    assert apply_length_policy(ids, labels, 8, "fail", eos=9)[2] == "overlong"
+    assert apply_length_policy(ids, labels, 10, "skip")[2] == "kept"
+    assert apply_length_policy(ids, labels, 8, "skip") == (None, None, "skipped")
+    assert apply_length_policy(ids, labels, 8, "fail")[2] == "overlong"
     # the prompt loses its middle: its start (BOS) and its response opening (keep_tail) stay
-    got_ids, got_labels, action = apply_length_policy(ids, labels, 8, "truncate", eos=9, keep_tail=2)
+    got_ids, got_labels, action = apply_length_policy(ids, labels, 8, "truncate", keep_tail=2)
     assert action == "truncated_prompt" and got_ids == [0, 1, 4, 5, 6, 7, 8, 9]
     assert got_labels == [IGNORE_INDEX] * 4 + [6, 7, 8, 9]
     # the response alone is too long: it is cut, but keeps its closing EOS and half the room goes to the prompt
-    got_ids, got_labels, action = apply_length_policy(ids, labels, 5, "truncate", eos=9, keep_tail=1)
+    got_ids, got_labels, action = apply_length_policy(ids, labels, 5, "truncate", keep_tail=1)
     assert action == "truncated_response" and got_ids == [0, 5, 6, 7, 9] and got_labels[-3:] == [6, 7, 9]
     long_resp = [IGNORE_INDEX] * 3 + list(range(3, 40))
-    got_ids, got_labels, action = apply_length_policy(list(range(40)), long_resp, 8, "truncate", eos=39)
+    got_ids, got_labels, action = apply_length_policy(list(range(40)), long_resp, 8, "truncate")
     assert action == "truncated_response" and len(got_ids) == 8 and got_ids[-1] == 39
     assert got_ids[:3] == [0, 1, 2] and got_labels[-5:] == [3, 4, 5, 6, 39]
     # a closing of several tokens (end-of-turn text) is kept whole
-    got_ids, _, _ = apply_length_policy(list(range(40)), long_resp, 8, "truncate", eos=99, closing=2)
+    got_ids, _, _ = apply_length_policy(list(range(40)), long_resp, 8, "truncate", closing=2)
     assert got_ids[-2:] == [38, 39]
 
 
@@ -220,3 +221,16 @@ def test_num_proc_2_gives_the_same_rows(tmp_path, tiny_models):
     path.write_text("".join(lines), encoding="utf-8")
     with pytest.raises(UserError, match=r"many\.jsonl:251: the last message"):
         tokenize_file(TokenizeConfig(input=str(path), output=str(tmp_path / "p3"), model=model, num_proc=2))
+
+
+def test_manifest_is_read_back_and_a_plain_directory_is_refused(tmp_path, tokenized):
+    from instructglm.tokenize import read_manifest
+    from instructglm.tokenize.manifest import MANIFEST_FORMAT, read_stats
+
+    dataset = tokenized()
+    manifest = read_manifest(dataset)
+    assert manifest["format"] == MANIFEST_FORMAT and manifest["template"] == "alpaca"
+    assert manifest["settings"] == {"max_seq_length": 512, "overlength": "skip", "train_on_prompt": False}
+    assert read_stats(dataset)["rows_out"] == len(datasets.load_from_disk(str(dataset)))
+    with pytest.raises(UserError, match=r"not a tokenized dataset \(no manifest\.json\)"):
+        read_manifest(tmp_path)

@@ -7,15 +7,13 @@ then a before/after table and metrics. The data lives in ``demo/data/`` and is g
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from instructglm.config import opt
-
-log = logging.getLogger(__name__)
+from instructglm.config import load_config, opt
+from instructglm.constants import LOSS_PLOT
+from instructglm.files import read_jsonl, write_json
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -51,71 +49,109 @@ def _pick_examples(rows: list[dict], n: int) -> list[dict]:
     return picked
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    from instructglm.convert.convert import ConvertConfig, convert_files
-    from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
-    from instructglm.eval.metrics import score
-    from instructglm.infer.infer import InferConfig, infer
-    from instructglm.models.loading import resolve_model
-    from instructglm.train.recipe import TrainConfig, train
+class Stopwatch:
+    """Seconds spent in each stage, in order."""
 
-    work = Path(cfg.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
 
-    def stage(name: str):
-        timings[name] = round(time.perf_counter() - t_start - sum(timings.values()), 1)
+    def lap(self, name: str) -> None:
+        self.stages[name] = round(time.perf_counter() - self.start - sum(self.stages.values()), 1)
 
-    print(f"[1/5] preparing model '{cfg.model}' (cached after the first run)", flush=True)
-    resolve_model(cfg.model)
-    stage("prepare model")
-    print("[2/5] convert + tokenize the embedded bilingual data", flush=True)
-    convert_files(ConvertConfig(inputs=[str(DATA_DIR / "train.json")], output=str(work / "train.jsonl")))
-    convert_files(ConvertConfig(inputs=[str(DATA_DIR / "test.json")], output=str(work / "test.jsonl")))
-    stats = tokenize_file(TokenizeConfig(input=str(work / "train.jsonl"), output=str(work / "tokenized"),
-                                         model=cfg.model, template="alpaca", max_seq_length=256))
-    stage("convert + tokenize")
-    print(f"      {stats['rows_out']} training rows, median {stats['length_after'].get('p50')} tokens", flush=True)
-    print(f"[3/5] LoRA training, {cfg.max_steps} steps of {cfg.batch_size} rows", flush=True)
-    result = train(TrainConfig(dataset=str(work / "tokenized"), output_dir=str(work / "adapter"), model=cfg.model,
-                               method="lora", lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank,
-                               lora_dropout=0.0, learning_rate=cfg.learning_rate, warmup_steps=5,
-                               per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
-                               logging_steps=5, seed=42))
-    stage("train")
-    print("[4/5] generating held-out answers with the adapter off (base) and on (tuned)", flush=True)
-    infer(InferConfig(data=str(work / "test.jsonl"), output=str(work / "predictions.jsonl"), model=cfg.model,
-                      adapter=str(work / "adapter"), compare_base=True, max_new_tokens=cfg.max_new_tokens,
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def _prepare_data(cfg: DemoConfig, work: Path) -> dict:
+    """Convert both splits, tokenize the training one; the tokenize stats."""
+    from instructglm.convert import ConvertConfig, convert_files
+    from instructglm.tokenize import TokenizeConfig, tokenize_file
+
+    for split in ("train", "test"):
+        convert_files(load_config(ConvertConfig, inputs=[str(DATA_DIR / f"{split}.json")],
+                                  output=str(work / f"{split}.jsonl")))
+    return tokenize_file(load_config(TokenizeConfig, input=str(work / "train.jsonl"), output=str(work / "tokenized"),
+                                     model=cfg.model, template="alpaca", max_seq_length=256))
+
+
+def _tune(cfg: DemoConfig, work: Path) -> dict:
+    from instructglm.train import TrainConfig, train
+
+    return train(load_config(TrainConfig, dataset=str(work / "tokenized"), output_dir=str(work / "adapter"),
+                             model=cfg.model, method="lora", lora_rank=cfg.lora_rank,
+                             lora_alpha=2.0 * cfg.lora_rank, lora_dropout=0.0, learning_rate=cfg.learning_rate,
+                             warmup_steps=5, per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                             logging_steps=5, seed=42))
+
+
+def _answer(cfg: DemoConfig, work: Path, output: Path) -> list[dict]:
+    """Held-out answers with the adapter off and on, as prediction rows."""
+    from instructglm.infer import InferConfig, infer
+
+    infer(load_config(InferConfig, data=str(work / "test.jsonl"), output=str(output), model=cfg.model,
+                      adapter=[str(work / "adapter")], compare_base=True, max_new_tokens=cfg.max_new_tokens,
                       batch_size=16, limit=cfg.test_limit))
-    stage("infer")
-    rows = [json.loads(line) for line in (work / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    base, tuned = score(rows, "base_prediction"), score(rows, "prediction")
+    return read_jsonl(output)
+
+
+def _scores(rows: list[dict]) -> tuple[dict, dict, dict]:
+    """(base, tuned, {category: (base, tuned)}): exact match and char F1."""
+    from instructglm.eval.metrics import score
+
     categories = sorted({r.get("category", "-") for r in rows})
     per_cat = {c: (score([r for r in rows if r.get("category", "-") == c], "base_prediction"),
                    score([r for r in rows if r.get("category", "-") == c], "prediction")) for c in categories}
+    return score(rows, "base_prediction"), score(rows, "prediction"), per_cat
 
-    print("[5/5] held-out examples: base model vs tuned model vs reference\n")
-    for r in _pick_examples(rows, cfg.show):
+
+def _print_examples(rows: list[dict], n: int) -> None:
+    for r in _pick_examples(rows, n):
         prompt = r["prompt"].replace("### Instruction:\n", "").replace("### Response:", "").strip()
         print(f"  [{r.get('category', '-')}] {_clip(prompt.replace(chr(10) * 2 + '### Input:' + chr(10), ' | '))}")
         print(f"      base : {_clip(r['base_prediction'])}")
         print(f"      tuned: {_clip(r['prediction'])}")
         print(f"      ref  : {_clip(r['reference'])}\n")
-    losses = [x["loss"] for x in result["logs"]]
-    total = round(time.perf_counter() - t_start, 1)
+
+
+def _print_scores(base: dict, tuned: dict, per_cat: dict) -> None:
     print(f"  {'category':<16}{'n':>4}{'base EM':>10}{'tuned EM':>10}")
     for c, (b, t) in per_cat.items():
         print(f"  {c:<16}{t['n']:>4}{b['exact_match']:>9.1f}%{t['exact_match']:>9.1f}%")
     print(f"\n  held-out exact match: base {base['exact_match']:.1f}% -> tuned {tuned['exact_match']:.1f}%   "
           f"(char F1 {base['char_f1']:.1f} -> {tuned['char_f1']:.1f}, n={tuned['n']})")
-    print(f"  training loss {losses[0]:.3f} -> {losses[-1]:.3f}; loss curve: {work / 'adapter' / 'loss.png'}")
-    print(f"  wall time {total:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from instructglm.models.loading import resolve_model
+    from instructglm.report.report import PREDICTIONS, SUMMARY, ReportConfig, write_report
+
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    clock = Stopwatch()
+    print(f"[1/5] preparing model '{cfg.model}' (cached after the first run)", flush=True)
+    resolve_model(cfg.model)
+    clock.lap("prepare model")
+    print("[2/5] convert + tokenize the embedded bilingual data", flush=True)
+    stats = _prepare_data(cfg, work)
+    clock.lap("convert + tokenize")
+    print(f"      {stats['rows_out']} training rows, median {stats['length_after'].get('p50')} tokens", flush=True)
+    print(f"[3/5] LoRA training, {cfg.max_steps} steps of {cfg.batch_size} rows", flush=True)
+    losses = [x["loss"] for x in _tune(cfg, work)["logs"]]
+    clock.lap("train")
+    print("[4/5] generating held-out answers with the adapter off (base) and on (tuned)", flush=True)
+    rows = _answer(cfg, work, work / PREDICTIONS)
+    clock.lap("infer")
+    base, tuned, per_cat = _scores(rows)
+    print("[5/5] held-out examples: base model vs tuned model vs reference\n")
+    _print_examples(rows, cfg.show)
+    total = clock.total()
+    _print_scores(base, tuned, per_cat)
+    print(f"  training loss {losses[0]:.3f} -> {losses[-1]:.3f}; loss curve: {work / 'adapter' / LOSS_PLOT}")
+    print(f"  wall time {total:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in clock.stages.items()))
     summary = {"base": base, "tuned": tuned, "per_category": {c: {"base": b, "tuned": t} for c, (b, t) in
                                                               per_cat.items()},
-               "loss_first": losses[0], "loss_last": losses[-1], "timings_s": timings, "wall_s": total}
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    from instructglm.report.report import ReportConfig, write_report
-
+               "loss_first": losses[0], "loss_last": losses[-1], "timings_s": clock.stages, "wall_s": total}
+    write_json(work / SUMMARY, summary)
     print(f"  HTML report: {write_report(ReportConfig(run_dir=str(work)))}")
     return summary

@@ -7,13 +7,13 @@ Every metric is in percent (see :mod:`instructglm.eval.metrics`); ``delta`` is t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from instructglm.config import opt
-from instructglm.errors import UserError
+from instructglm.errors import UserError, where
 from instructglm.eval.metrics import language, score_full
+from instructglm.files import iter_jsonl, write_json
 
 METRICS = {  # key -> label, in display order
     "exact_match": "exact match",
@@ -36,19 +36,10 @@ class EvalConfig:
 
 def read_predictions(path: str | Path) -> list[dict]:
     """The rows of a predictions JSONL file; a bad line is a :class:`UserError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: predictions file not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    for line, row in iter_jsonl(path):
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object")
+            raise UserError(f"{where(path, line)}: expected a JSON object")
         rows.append(row)
     return rows
 
@@ -90,9 +81,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Score ``cfg.predictions``; write ``cfg.output`` (JSON) when given; return the metrics."""
     result = {"predictions": str(cfg.predictions), **evaluate_rows(read_predictions(cfg.predictions))}
     if cfg.output:
-        out = Path(cfg.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(cfg.output, result)
     return result
 
 

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from instructglm.config import opt
 from instructglm.errors import UserError
+from instructglm.files import atomic_file
+from instructglm.runinfo import RunInfo, choose_template
 
 log = logging.getLogger(__name__)
 
@@ -66,38 +66,40 @@ class ExportConfig:
 
 def export(cfg: ExportConfig) -> dict:
     from instructglm.export.templates import modelfile
-    from instructglm.merge.merge import MergeConfig, merge
-    from instructglm.models.loading import load_tokenizer, resolve_model
+    from instructglm.models.loading import load_tokenizer
 
     out = Path(cfg.output)
     if out.is_dir():
         raise UserError(f"-o {out}: is a directory; give a .gguf file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        if cfg.adapter:  # merge first, with all of merge's checks, into a scratch directory
-            result = merge(MergeConfig(adapter=list(cfg.adapter), output=str(work / "merged"), model=cfg.model,
-                                       dtype="fp32"))
-            path, trained_template = result["output"], result["template"]
-        else:
-            path = resolve_model(cfg.model)
-            info = Path(path) / "instructglm.json"
-            trained_template = json.loads(info.read_text()).get("template") if info.is_file() else None
-        if cfg.template and trained_template and cfg.template != trained_template:
-            raise UserError(f"--template {cfg.template}: the model was trained with template '{trained_template}'")
-        template = cfg.template or trained_template or "alpaca"
+    # Merged weights exist only while the GGUF file is written (beside it: same disk, large files).
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as scratch:
+        path, source, trained = _source_model(cfg, Path(scratch))
+        template = choose_template(cfg.template, {source: trained})
         tokenizer = load_tokenizer(path)
-        mf_text = modelfile(out.name, template, tokenizer.eos_token or "", tokenizer)
-        tmp_file = work / out.name
-        stats = write_gguf(path, tmp_file, cfg.quant, template, tokenizer)
-        os.replace(tmp_file, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        mf_text = modelfile(out.name, template, tokenizer.eos_token or "", tokenizer)  # an unusable template fails now
+        with atomic_file(out, "wb") as f:
+            stats = write_gguf(path, f, cfg.quant, template, tokenizer, name=out.stem)
     mf = out.parent / "Modelfile"
-    mf.write_text(mf_text, encoding="utf-8")
+    with atomic_file(mf) as f:
+        f.write(mf_text)
     log.info("wrote %s (%d tensors, %s) and %s", out, stats["tensors"], cfg.quant, mf)
     return {"output": str(out), "modelfile": str(mf), "quant": cfg.quant, "template": template,
             "size_mb": out.stat().st_size / 2**20, **stats}
+
+
+def _source_model(cfg: ExportConfig, scratch: Path) -> tuple[str, str, str | None]:
+    """(model directory to export, what the user named, the template it was trained with)."""
+    from instructglm.merge.merge import MergeConfig, merge
+    from instructglm.models.loading import resolve_model
+
+    if cfg.adapter:  # merge first, with all of merge's checks
+        result = merge(MergeConfig(adapter=list(cfg.adapter), output=str(scratch / "merged"), model=cfg.model,
+                                   dtype="fp32"))
+        return result["output"], ",".join(cfg.adapter), result["template"]
+    path = resolve_model(cfg.model)
+    info = RunInfo.load(path) if Path(path).is_dir() else None
+    return path, str(cfg.model), info.template if info else None
 
 
 def _rope_theta(config, kind: str = "full_attention") -> float:
@@ -122,9 +124,10 @@ def permute_qk(w, n_head: int):
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(model_path: str, out: Path, quant: str, template: str, tokenizer=None) -> dict:
+def write_gguf(model_path: str, fout: BinaryIO, quant: str, template: str, tokenizer=None, name: str = "model") -> dict:
+    """Write the model in ``model_path`` as GGUF into the open binary file ``fout``; return what was written."""
     import gguf
-    import numpy as np
+    from gguf.gguf_writer import WriterState
     from transformers import AutoConfig
 
     from instructglm.export.templates import chat_template
@@ -136,49 +139,87 @@ def write_gguf(model_path: str, out: Path, quant: str, template: str, tokenizer=
         raise UserError(f"{model_path}/config.json: model_type '{model_type}' cannot be exported to GGUF yet "
                         f"(supported: {', '.join(ARCHS)})")
     arch = getattr(gguf.MODEL_ARCH, ARCHS[model_type])
-    arch_name = gguf.MODEL_ARCH_NAMES[arch]
-    n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_head
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     tokenizer = tokenizer or load_tokenizer(model_path)
-
-    writer = gguf.GGUFWriter(str(out), arch_name)
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(out.stem)
+    writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_hparams(writer, config, model_path)
+    jinja = chat_template(template, tokenizer) or getattr(tokenizer, "chat_template", None)
+    vocab = _add_tokenizer(writer, tokenizer, config, jinja, model_path)
+    writer.add_vocab_size(vocab)
+    model = load_model(model_path).eval()
+    written = _add_tensors(writer, model, config, arch, quant, model_path)
+    del model
+    # The writer opens files by path; ours is the caller's (atomic) temporary, handed over as its output.
+    writer.fout, writer.state = [fout], WriterState.EMPTY
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    return {"arch": writer.arch, "tensors": written, "vocab_size": vocab, "eos_token": tokenizer.eos_token or ""}
+
+
+def _head_counts(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dimension)."""
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    return n_head, n_kv, getattr(config, "head_dim", None) or config.hidden_size // n_head
+
+
+def _add_hparams(writer, config, model_path: str) -> None:
+    """Shape, attention and RoPE settings of the architecture."""
+    import gguf
+
+    n_head, n_kv, head_dim = _head_counts(config)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(n_layers)
+    writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(_rope_theta(config))
-    if head_dim * n_head != config.hidden_size or model_type == "gemma3_text":
+    gemma3 = config.model_type == "gemma3_text"
+    if head_dim * n_head != config.hidden_size or gemma3:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    if arch_name == "llama":
+    if writer.arch == "llama":
         writer.add_rope_dimension_count(head_dim)
     scaling = _rope_scaling(config)
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
-    elif scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise UserError(f"{model_path}/config.json: rope scaling '{scaling.get('rope_type')}' is not supported "
-                        f"by this exporter")
-    if model_type == "gemma3_text":
+    elif kind not in (None, "default"):
+        raise UserError(f"{model_path}/config.json: rope scaling '{kind}' is not supported by this exporter")
+    if gemma3:
         writer.add_sliding_window(config.sliding_window)
         if getattr(config, "final_logit_softcapping", None):
             writer.add_final_logit_softcapping(config.final_logit_softcapping)
         if getattr(config, "attn_logit_softcapping", None):
             writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
-    jinja = chat_template(template, tokenizer) or getattr(tokenizer, "chat_template", None)
-    vocab = _add_tokenizer(writer, tokenizer, config, jinja, model_path)
-    writer.add_vocab_size(vocab)
 
-    model = load_model(model_path).eval()
-    names = gguf.get_tensor_name_map(arch, n_layers)
+
+def _gguf_tensor(hf_name: str, tensor, config, arch_name: str):
+    """A weight as llama.cpp expects it: Q/K rows permuted for the ``llama`` RoPE, Gemma norms shifted."""
+    n_head, n_kv, _ = _head_counts(config)
+    data = tensor.detach().float().numpy()
+    if arch_name == "llama" and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        data = permute_qk(data, n_head)
+    elif arch_name == "llama" and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        data = permute_qk(data, n_kv)
+    if config.model_type == "gemma3_text" and hf_name.endswith("norm.weight"):
+        data = data + 1.0
+    return data
+
+
+def _add_tensors(writer, model, config, arch, quant: str, model_path: str) -> int:
+    """Every weight under its GGUF name, f32 (1-D), f16 or Q8_0; returns how many."""
+    import gguf
+    import numpy as np
+
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     written = 0
     for hf_name, tensor in model.state_dict().items():
@@ -186,14 +227,8 @@ def write_gguf(model_path: str, out: Path, quant: str, template: str, tokenizer=
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise UserError(f"{model_path}: tensor '{hf_name}' has no GGUF name for the {arch_name} architecture")
-        data = tensor.detach().float().numpy()
-        if arch_name == "llama" and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-            data = permute_qk(data, n_head)
-        elif arch_name == "llama" and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-            data = permute_qk(data, n_kv)
-        if model_type == "gemma3_text" and hf_name.endswith("norm.weight"):
-            data = data + 1.0
+            raise UserError(f"{model_path}: tensor '{hf_name}' has no GGUF name for the {writer.arch} architecture")
+        data = _gguf_tensor(hf_name, tensor, config, writer.arch)
         if data.ndim == 1:
             writer.add_tensor(name, data.astype(np.float32))
         elif quant == "q8_0" and data.shape[-1] % 32 == 0:
@@ -202,12 +237,7 @@ def write_gguf(model_path: str, out: Path, quant: str, template: str, tokenizer=
         else:
             writer.add_tensor(name, data.astype(np.float16))
         written += 1
-    del model
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return {"arch": arch_name, "tensors": written, "vocab_size": vocab, "eos_token": tokenizer.eos_token or ""}
+    return written
 
 
 def _add_tokenizer(writer, tokenizer, config, template_text: str | None, model_path: str) -> int:

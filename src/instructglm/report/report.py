@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructglm.config import opt
+from instructglm.constants import LOSS_PLOT, RUN_INFO, TRAIN_CONFIG, TRAINER_LOG
 from instructglm.errors import UserError
 from instructglm.eval.evaluate import METRICS, evaluate_rows, read_predictions
 from instructglm.eval.metrics import exact_match, normalized_exact_match
+from instructglm.files import atomic_file, read_json, read_jsonl
+from instructglm.runinfo import RunInfo
 
-TRAIN_FILES = ("trainer_log.jsonl", "train_config.yaml", "instructglm.json")
+TRAIN_FILES = (TRAINER_LOG, TRAIN_CONFIG, RUN_INFO)  # any of them marks a training output directory
+PREDICTIONS = "predictions.jsonl"  # the demo's file name
+SUMMARY = "summary.json"  # the demo's timings and scores
 
 
 @dataclass
@@ -58,19 +63,17 @@ def locate(cfg: ReportConfig) -> tuple[Path, Path | None, Path | None]:
         if not predictions.is_file():
             raise UserError(f"--predictions {predictions}: file not found")
     else:
-        predictions = run / "predictions.jsonl" if (run / "predictions.jsonl").is_file() else None
+        predictions = run / PREDICTIONS if (run / PREDICTIONS).is_file() else None
     if train_dir is None and predictions is None:
         raise UserError(f"{run}: nothing to report: no {', '.join(TRAIN_FILES)} (in it or in adapter/) "
-                        f"and no predictions.jsonl (pass --predictions)")
+                        f"and no {PREDICTIONS} (pass --predictions)")
     return run, train_dir, predictions
 
 
 def read_log(train_dir: Path | None) -> list[dict]:
     """The lines of ``trainer_log.jsonl`` (empty when there is none)."""
-    path = train_dir / "trainer_log.jsonl" if train_dir else None
-    if not path or not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = train_dir / TRAINER_LOG if train_dir else None
+    return read_jsonl(path) if path and path.is_file() else []
 
 
 def _read_text(path: Path | None) -> str | None:
@@ -145,11 +148,11 @@ def loss_section(train_dir: Path | None, log: list[dict]) -> str:
     svg = loss_svg(log)
     if svg:
         return svg
-    png = train_dir / "loss.png" if train_dir else None
+    png = train_dir / LOSS_PLOT if train_dir else None
     if png and png.is_file():
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         return f'<img class="chart" alt="training loss curve" src="data:image/png;base64,{data}">'
-    return '<p class="muted">No trainer_log.jsonl or loss.png found.</p>'
+    return f'<p class="muted">No {TRAINER_LOG} or {LOSS_PLOT} found.</p>'
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,13 +240,13 @@ def answers_table(rows: list[dict], limit: int) -> str:
 # page
 
 
-def summary_cards(info: dict, log: list[dict], metrics: dict | None, extra: dict) -> str:
+def summary_cards(info: RunInfo | None, log: list[dict], metrics: dict | None, extra: dict) -> str:
     """The run at a glance: model, method, steps, loss, held-out size and exact match."""
     cards = []
     for label, key in (("base model", "base_model"), ("method", "method"), ("template", "template"),
                        ("steps", "steps")):
-        if info.get(key) is not None:
-            cards.append((label, esc(info[key])))
+        if info is not None and getattr(info, key) is not None:
+            cards.append((label, esc(getattr(info, key))))
     losses = [r["loss"] for r in log if "loss" in r]
     if losses:
         cards.append(("training loss", f"{losses[0]:.3f} &rarr; {losses[-1]:.3f}"))
@@ -322,14 +325,14 @@ METRIC_NOTES = ("Scores in percent. Exact match compares the stripped answer wit
                 "A row is Chinese when its reference contains CJK characters.")
 
 
-def config_section(config: str | None, info: dict) -> str:
+def config_section(config: str | None, info: RunInfo | None) -> str:
     """The resolved training config (``train_config.yaml``) and the run info next to it."""
     parts = ['<section id="config"><h2>Configuration</h2><div class="cols">']
-    parts.append(f'<div><h3>train_config.yaml</h3><pre>{esc(config)}</pre></div>' if config else
-                 '<div><p class="muted">No train_config.yaml found.</p></div>')
-    if info:
-        parts.append(f'<div><h3>instructglm.json</h3><pre>{esc(json.dumps(info, indent=2, ensure_ascii=False))}'
-                     f'</pre></div>')
+    parts.append(f'<div><h3>{TRAIN_CONFIG}</h3><pre>{esc(config)}</pre></div>' if config else
+                 f'<div><p class="muted">No {TRAIN_CONFIG} found.</p></div>')
+    if info is not None:
+        text = json.dumps(info.to_json(), indent=2, ensure_ascii=False)
+        parts.append(f'<div><h3>{RUN_INFO}</h3><pre>{esc(text)}</pre></div>')
     return "".join(parts) + "</div></section>"
 
 
@@ -352,9 +355,9 @@ def render(title: str, run: Path, train_dir: Path | None, predictions: Path | No
            metrics: dict | None, max_examples: int) -> str:
     """The whole HTML page as a string."""
     log = read_log(train_dir)
-    info = json.loads(_read_text(train_dir / "instructglm.json") or "{}") if train_dir else {}
-    extra = json.loads(_read_text(run / "summary.json") or "{}")
-    config = _read_text(train_dir / "train_config.yaml") if train_dir else None
+    info = RunInfo.load(train_dir) if train_dir else None
+    extra = read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}
+    config = _read_text(train_dir / TRAIN_CONFIG) if train_dir else None
     generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     sources = [f"run <code>{esc(run.resolve())}</code>"]
     if predictions:
@@ -383,6 +386,6 @@ def write_report(cfg: ReportConfig) -> Path:
     metrics = evaluate_rows(rows) if any(r.get("reference") is not None for r in rows) else None
     title = cfg.title or f"InstructGLM report: {run.resolve().name}"
     out = Path(cfg.output) if cfg.output else run / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(title, run, train_dir, predictions, rows, metrics, cfg.max_examples), encoding="utf-8")
+    with atomic_file(out) as f:
+        f.write(render(title, run, train_dir, predictions, rows, metrics, cfg.max_examples))
     return out

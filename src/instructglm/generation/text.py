@@ -1,0 +1,162 @@
+"""From generated token ids to the answer's text, piece by piece, ending where the answer ends.
+
+Three layers, one per concern, used alike by ``infer`` (whole answers), ``chat`` (streamed to the
+terminal) and ``serve`` (streamed to clients):
+
+* :class:`Detokenizer`: ids -> new text, never half a character. Only a short window of recent
+  ids is decoded per token (the text of ``ids[a:]`` minus the text of ``ids[a:b]``), so the cost
+  stays flat however long the answer gets, and a byte-level token that holds part of a multi-byte
+  (Chinese) character is held back until the character is complete.
+* :class:`StopText`: new text -> what may be shown. It cuts the answer at the first stop string
+  (the template's turn markers, a request's ``stop``), holds back a tail that may still become
+  one, and for chat answers drops surrounding whitespace.
+* :class:`TextStream`: one answer: both of the above plus EOS and the token budget.
+
+Pieces are only ever appended, so what was streamed always adds up to the final answer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+REPLACEMENT = "\ufffd"  # what decoding shows for the bytes of an incomplete UTF-8 character
+
+
+class Detokenizer:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.start = 0  # ids[start:shown] were decoded last time: the context for the next piece
+        self.shown = 0  # ids up to here have been turned into text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        """The text that ``token`` completes ("" while a character is still incomplete)."""
+        self.ids.append(token)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character shows as U+FFFD, as a full decode would)."""
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        # decoding with the previous piece as context keeps what depends on the neighbour (a word's
+        # leading space in SentencePiece, a byte sequence) the same as in one decode of everything
+        before = self._decode(self.ids[self.start:self.shown])
+        text = self._decode(self.ids[self.start:])
+        if len(text) <= len(before) or (text.endswith(REPLACEMENT) and not final):
+            return ""
+        self.start, self.shown = self.shown, len(self.ids)
+        return text[len(before):]
+
+
+class StopText:
+    """Decides which part of the growing answer can be shown: nothing from a stop string on, never
+    a tail that may still become a stop string, and with ``strip`` no surrounding whitespace."""
+
+    def __init__(self, stops=(), strip: bool = False):
+        self.stops = tuple(s for s in stops if s)
+        self.strip = strip
+        self.text = ""  # everything received
+        self.shown = 0  # length of the answer shown so far
+        self.stopped = False
+
+    @property
+    def body(self) -> str:
+        return self.text.lstrip() if self.strip else self.text
+
+    def feed(self, piece: str) -> str:
+        """The part of the answer that can be shown now that ``piece`` has arrived."""
+        if self.stopped:
+            return ""
+        self.text += piece
+        body = self.body
+        hits = [at for at in (body.find(s) for s in self.stops) if at >= 0]
+        if hits:
+            self.stopped = True
+            return self._show(body[:min(hits)])
+        end = len(body)
+        for s in self.stops:  # the tail could be the beginning of a stop string
+            for k in range(min(len(s) - 1, end), 0, -1):
+                if body[:end].endswith(s[:k]):
+                    end -= k
+                    break
+        return self._show(body[:end])
+
+    def finish(self) -> str:
+        """The rest of the answer once nothing more will come."""
+        if self.stopped:
+            return ""
+        self.stopped = True
+        return self._show(self.body)
+
+    def _show(self, visible: str) -> str:
+        if self.strip:  # whitespace is shown only once text follows it
+            visible = visible.rstrip()
+        if len(visible) <= self.shown:
+            return ""
+        out = visible[self.shown:]
+        self.shown = len(visible)
+        return out
+
+    @property
+    def answer(self) -> str:
+        return self.body[:self.shown]
+
+
+class TextStream:
+    """One answer being generated: ``push`` each token; ``on_text`` gets each newly visible piece.
+
+    ``reason`` is set once it is over: ``"stop"`` (EOS or a stop string) or ``"length"``
+    (``max_tokens`` generated, or :meth:`finish` called when the generator ran out).
+    """
+
+    def __init__(self, tokenizer, stops=(), strip: bool = False, eos: int | None = None,
+                 max_tokens: int | None = None, on_text: Callable[[str], None] | None = None):
+        self.detokenizer = Detokenizer(tokenizer)
+        self.stop = StopText(stops, strip)
+        self.eos, self.max_tokens = eos, max_tokens
+        self.on_text = on_text
+        self.tokens = 0  # generated tokens of the answer (a closing EOS is not counted)
+        self.reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def text(self) -> str:
+        return self.stop.answer
+
+    def push(self, token: int) -> None:
+        if self.done:
+            return
+        if token == self.eos:
+            self._end("stop")
+            return
+        self.tokens += 1
+        self._emit(self.stop.feed(self.detokenizer.push(token)))
+        if self.stop.stopped:
+            self.reason = "stop"
+        elif self.max_tokens is not None and self.tokens >= self.max_tokens:
+            self._end("length")
+
+    def finish(self, reason: str = "length") -> None:
+        """End the answer now (the generator stopped), showing whatever was held back."""
+        if not self.done:
+            self._end(reason)
+
+    def cancel(self) -> None:
+        """End the answer without showing anything more (nobody is listening)."""
+        if not self.done:
+            self.reason = "cancelled"
+
+    def _end(self, reason: str) -> None:
+        self._emit(self.stop.feed(self.detokenizer.flush()) + self.stop.finish())
+        self.reason = reason
+
+    def _emit(self, piece: str) -> None:
+        if piece and self.on_text is not None:
+            self.on_text(piece)

@@ -1,0 +1,123 @@
+"""Answers in the OpenAI format: one JSON body, or server-sent events as the text comes.
+
+The batcher thread hands events to the request's ``sink``; they cross into the event loop through
+an :class:`asyncio.Queue`. A client that goes away (a closed stream, or a dropped connection while
+waiting for a whole answer) cancels its request so the row leaves the batch at the next step.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+
+from instructglm.serve.batcher import Delta, Done, Failed, GenRequest
+from instructglm.serve.protocol import APIError, flag
+
+
+class Reply:
+    """The identity of one answer (id, time, model, chat or plain completion) and its JSON shapes."""
+
+    def __init__(self, req: GenRequest, chat: bool):
+        self.req, self.chat = req, chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created, self.model = int(time.time()), req.adapter
+
+    def usage(self, tokens: int) -> dict:
+        prompt = len(self.req.prompt_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
+
+    def whole(self, text: str, done: Done) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": done.reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done.reason}
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "usage": self.usage(done.tokens)}
+
+    def chunk(self, text: str | None, finish: str | None = None, first: bool = False, usage: dict | None = None) -> str:
+        """One server-sent event; ``text`` None: no choice (the closing usage chunk)."""
+        if text is None:
+            choices = []
+        elif self.chat:
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if finish is None else {})
+            choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        else:
+            choices = [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+        data = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices}
+        if usage is not None:
+            data["usage"] = usage
+        return "data: " + json.dumps(data, ensure_ascii=False) + "\n\n"
+
+
+async def _whole(request, req: GenRequest, events: asyncio.Queue, reply: Reply):
+    from fastapi.responses import JSONResponse
+
+    parts, done = [], None
+    try:
+        while done is None:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return JSONResponse(APIError(499, "client closed request").body(), status_code=499)
+                continue
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            elif isinstance(event, Failed):
+                raise APIError(500, event.message, type_="server_error")
+            else:
+                done = event
+    finally:
+        if done is None:
+            req.cancel()
+    return reply.whole("".join(parts), done)
+
+
+async def _events(req: GenRequest, events: asyncio.Queue, reply: Reply, include_usage: bool):
+    finished = False
+    try:
+        if reply.chat:
+            yield reply.chunk("", first=True)
+        while True:
+            event = await events.get()
+            if isinstance(event, Delta):
+                yield reply.chunk(event.text)
+                continue
+            finished = True
+            if isinstance(event, Failed):
+                yield "data: " + json.dumps(APIError(500, event.message, type_="server_error").body()) + "\n\n"
+            else:
+                yield reply.chunk("", event.reason)
+                if include_usage:
+                    yield reply.chunk(None, usage=reply.usage(event.tokens))
+            break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:  # the client went away (or the server is shutting down): free the row
+            req.cancel()
+
+
+async def respond(request, server, req: GenRequest, body: dict, chat: bool):
+    """Submit ``req`` and answer with its text: whole, or streamed when the body asks for it."""
+    from fastapi.responses import StreamingResponse
+
+    batcher = server.batcher
+    if batcher.pending() >= server.cfg.max_queue:
+        raise APIError(429, "the server is busy; retry shortly", code="server_busy", type_="server_error")
+    stream = flag(body, "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "'stream_options' must be an object", "stream_options")
+    include_usage = flag(options, "include_usage")
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    req.sink = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    reply = Reply(req, chat)
+    batcher.submit(req)
+    if not stream:
+        return await _whole(request, req, events, reply)
+    return StreamingResponse(_events(req, events, reply, include_usage), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
