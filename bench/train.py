@@ -114,7 +114,7 @@ def step_tokens(data_dir: Path, batch: int, steps: int) -> list[int]:
 
 
 def run_hf(args) -> dict:
-    """The baseline: what the seeds and LLaMA-Factory (without Unsloth) do."""
+    """The baseline: what ChatGLM-Tuning and LLaMA-Factory (without Unsloth) do."""
     import datasets
     import torch
     from peft import LoraConfig, get_peft_model
@@ -122,6 +122,7 @@ def run_hf(args) -> dict:
     from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
                               TrainingArguments)
 
+    from instructglm.constants import IGNORE_INDEX
     from instructglm.models.loading import load_tokenizer, resolve_model
 
     gpu = torch.cuda.is_available()
@@ -155,18 +156,20 @@ def run_hf(args) -> dict:
                               max_grad_norm=1.0, disable_tqdm=True, dataloader_num_workers=0,
                               remove_unused_columns=False)
     trainer = InOrder(model=model, args=targs, train_dataset=data, callbacks=[Timer()],
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX))
     trainer.train()
     return {"step_times": times, "losses": losses, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def run_ours(args) -> dict:
-    from instructglm.train.recipe import TrainConfig, train
+    from instructglm.config import load_config
+    from instructglm.train import TrainConfig, train
 
     out = tempfile.mkdtemp()
-    result = train(TrainConfig(dataset=args.data, output_dir=out, model=args.model, method="lora", lora_rank=8,
-                               lora_alpha=16, lora_dropout=0.0, per_device_train_batch_size=args.batch_size,
-                               max_steps=args.steps, learning_rate=2e-4, logging_steps=1, shuffle=False, seed=0))
+    result = train(load_config(TrainConfig, dataset=args.data, output_dir=out, model=args.model, method="lora",
+                               lora_rank=8, lora_alpha=16, lora_dropout=0.0,
+                               per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+                               learning_rate=2e-4, logging_steps=1, shuffle=False, seed=0))
     tokens = step_tokens(Path(args.data), args.batch_size, args.steps)
     times = [t / r["tokens_per_s"] for t, r in zip(tokens, result["logs"])]
     return {"step_times": times, "losses": [r["loss"] for r in result["logs"]],

@@ -265,7 +265,7 @@ def test_infer_missing_adapter_and_merge_ptuning(tmp_path, capsys):
 
 SRC = Path(__file__).parent.parent / "src" / "instructglm"
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "marshal"}
-TORCH_SAVE_ALLOWED = {"train/recipe.py"}  # optimizer/scheduler state, read back with weights_only=True
+TORCH_SAVE_ALLOWED = {"train/checkpoint.py"}  # optimizer/scheduler state, read back with weights_only=True
 
 
 def _calls(tree):

@@ -1,9 +1,12 @@
 """Dataclass configs that load from YAML, flags and ``key=value`` overrides.
 
 Every stage's options are one dataclass; each field carries its help text in ``metadata``
-(see :func:`opt`). The same dataclass drives three things:
+(see :func:`opt`). A large config (``TrainConfig``) composes option groups: a field made with
+:func:`group` holds another dataclass whose options keep flat user-facing keys (the group's
+``KEY_PREFIX`` plus the field name: ``LoraOptions.rank`` is ``lora_rank``). Users only ever see
+the flat keys. The same dataclass drives three things:
 
-* ``add_arguments`` turns the fields into ``--kebab-case`` flags (plus any legacy aliases),
+* ``add_arguments`` turns the options into ``--kebab-case`` flags (plus any legacy aliases),
 * ``load_config`` merges a YAML file, ``key=value`` overrides and flags, in that order,
   checking every key and type and naming the offending key in the error,
 * ``to_yaml`` writes the fully resolved config next to the results.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -26,7 +30,7 @@ _MISSING = dataclasses.MISSING
 
 
 def opt(default: Any = _MISSING, help: str = "", aliases: tuple[str, ...] = (), **kw: Any) -> Any:
-    """A dataclass field with help text and optional extra flag names (e.g. the seeds' ``--lora_rank``)."""
+    """A dataclass field with help text and optional extra flag names (e.g. ChatGLM-Tuning's ``--lora_rank``)."""
     metadata = {"help": help, "aliases": aliases}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kw)
@@ -47,6 +51,46 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def group(cls: type, help: str = "") -> Any:
+    """A config field holding the option group ``cls`` (a dataclass whose fields all have defaults)."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help, "group": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One user-facing option: its flat key, the group holding it (None: a field of the config itself),
+    its dataclass field and type."""
+
+    key: str
+    group: str | None
+    field: dataclasses.Field
+    type: Any
+
+    @property
+    def required(self) -> bool:
+        return self.field.default is _MISSING and self.field.default_factory is _MISSING
+
+
+@functools.lru_cache(maxsize=None)
+def options(cls: type) -> dict[str, Option]:
+    """Every option of ``cls`` by flat key, in field order (a group's options where the group is)."""
+    found: dict[str, Option] = {}
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("group"):
+            found[f.name] = Option(f.name, None, f, hints[f.name])
+            continue
+        inner = hints[f.name]
+        prefix = getattr(inner, "KEY_PREFIX", "")
+        inner_hints = _field_types(inner)
+        for g in dataclasses.fields(inner):
+            key = prefix + g.name
+            if key in found:  # a programming error: two options would answer to one key
+                raise TypeError(f"{cls.__name__}: option key '{key}' is defined twice")
+            found[key] = Option(key, f.name, g, inner_hints[g.name])
+    return found
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
@@ -105,86 +149,155 @@ def _type_name(tp: Any) -> str:
     return f"{name} or null" if optional else name
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add a ``--flag`` for every field of ``cls``; defaults are left as ``None`` so that
-    ``load_config`` can tell which flags the user actually gave."""
-    hints = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        names = ["--" + f.name.replace("_", "-")]
-        for alias in f.metadata.get("aliases", ()):
-            if alias not in names:
-                names.append(alias)
-        inner, _ = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not _MISSING else (
-            f.default_factory() if f.default_factory is not _MISSING else None)
-        if default not in (None, "", [], _MISSING):
-            help_text += f" (default: {default})"
-        if typing.get_origin(inner) is typing.Literal:
-            help_text += f" [{'|'.join(map(str, typing.get_args(inner)))}]"
-        if inner is bool:
-            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
-        elif typing.get_origin(inner) is list:  # repeatable: --adapter a=x --adapter b=y (or a=x,b=y)
-            parser.add_argument(*names, dest=f.name, action="append", default=None, metavar=f.name.upper(),
-                                help=help_text + " (repeatable)")
+class _IntoGroup(argparse.Action):
+    """Stores an option group's flag under ``args.<group>[flat key]``: the namespace mirrors the nested
+    config, so a caller that keeps the namespace entries named like the config's fields keeps them all."""
+
+    def __init__(self, option_strings, dest, key: str, kind: str = "value", **kwargs):
+        self.key, self.kind = key, kind
+        if kind == "flag":  # --x / --no-x, as BooleanOptionalAction
+            option_strings = option_strings + ["--no-" + s[2:] for s in option_strings if s.startswith("--")]
+            kwargs["nargs"] = 0
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        chosen = dict(getattr(namespace, self.dest) or {})
+        if self.kind == "flag":
+            chosen[self.key] = not option_string.startswith("--no-")
+        elif self.kind == "append":
+            chosen[self.key] = [*chosen.get(self.key, []), values]
         else:
-            parser.add_argument(*names, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+            chosen[self.key] = values
+        setattr(namespace, self.dest, chosen)
+
+
+def _default_text(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not _MISSING else None
+
+
+def _add_option(parser, option: Option) -> None:
+    f, key = option.field, option.key
+    names = ["--" + key.replace("_", "-")]
+    names += [a for a in f.metadata.get("aliases", ()) if a not in names]
+    inner, _ = _base_type(option.type)
+    help_text = f.metadata.get("help", "")
+    default = _default_text(f)
+    if default not in (None, "", [], _MISSING):
+        help_text += f" (default: {default})"
+    if typing.get_origin(inner) is typing.Literal:
+        help_text += f" [{'|'.join(map(str, typing.get_args(inner)))}]"
+    kind = "flag" if inner is bool else "append" if typing.get_origin(inner) is list else "value"
+    if kind == "append":  # repeatable: --adapter a=x --adapter b=y (or a=x,b=y)
+        help_text += " (repeatable)"
+    extra = {} if kind == "flag" else {"metavar": key.upper()}
+    if option.group is not None:
+        parser.add_argument(*names, dest=option.group, action=_IntoGroup, key=key, kind=kind, default=None,
+                            help=help_text, **extra)
+    elif kind == "flag":
+        parser.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        parser.add_argument(*names, dest=key, action="append" if kind == "append" else "store", default=None,
+                            help=help_text, **extra)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add a ``--flag`` for every option of ``cls``; defaults are left as ``None`` so that
+    ``load_config`` can tell which flags the user actually gave. The options of a group are listed
+    under the group's heading in ``--help``."""
+    sections: dict[str | None, Any] = {}
+    for option in options(cls).values():
+        if option.key in skip:
+            continue
+        if option.group not in sections:
+            sections[option.group] = parser if option.group is None else parser.add_argument_group(
+                f"{option.group} options", _group_help(cls, option.group) or None)
+        _add_option(sections[option.group], option)
+
+
+def _group_help(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError(f"{path}{':' + str(line + 1) if line is not None else ''}: invalid YAML: "
+                        f"{getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of key: value")
+    return data
 
 
 def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[str] | None = None,
                 flags: dict[str, Any] | None = None, **fixed: Any):
-    """Build ``cls`` from a YAML file, then ``key=value`` overrides, then explicit flags/kwargs.
+    """Build ``cls`` from a YAML file, then ``key=value`` overrides, then explicit flags/kwargs, all
+    by flat key (``lora_rank``, also for an option of a group). In ``flags``, a group's name may map
+    to a dict of its flat keys (what :func:`add_arguments` leaves in the namespace).
 
     Unknown keys and values of the wrong type raise :class:`UserError` naming the key.
     """
-    hints = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    known = options(cls)
     values: dict[str, Any] = {}
 
     def put(key: str, value: Any, origin: str) -> None:
         key = key.replace("-", "_")
-        if key not in names:
-            close = [n for n in names if n.startswith(key[:4])]
+        if key not in known:
+            close = [n for n in known if n.startswith(key[:4])]
             hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
             raise UserError(f"{origin}: unknown config key '{key}'{hint}")
-        values[key] = coerce(key, value, hints[key])
+        values[key] = coerce(key, value, known[key].type)
 
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            raise UserError(f"{path}{':' + str(line + 1) if line is not None else ''}: invalid YAML: "
-                            f"{getattr(e, 'problem', e)}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a config file must be a mapping of key: value")
-        for k, v in data.items():
-            put(str(k), v, str(path))
+        for k, v in _read_yaml(Path(yaml_path)).items():
+            put(str(k), v, str(yaml_path))
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override '{item}': expected key=value")
         k, v = item.split("=", 1)
         put(k.strip(), yaml.safe_load(v) if v.strip() else None, "command line")
+    groups = {o.group for o in known.values()} - {None}
     for source in (flags or {}, fixed):
         for k, v in source.items():
-            if v is not None:
-                put(k, v, "command line")
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.default is _MISSING and f.default_factory is _MISSING and f.name not in values]
+            for key, value in (v.items() if k in groups and isinstance(v, dict) else [(k, v)]):
+                if value is not None:
+                    put(key, value, "command line")
+    missing = [o.key for o in known.values() if o.required and o.key not in values]
     if missing:
         raise UserError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
-    cfg = cls(**values)
+    cfg = _build(cls, known, values)
     validate = getattr(cfg, "validate", None)
     if validate:
         validate()
     return cfg
 
 
+def _build(cls: type, known: dict[str, "Option"], values: dict[str, Any]):
+    """``cls`` from flat values: each group's options go to the group's own dataclass first."""
+    top: dict[str, Any] = {}
+    by_group: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        option = known[key]
+        if option.group is None:
+            top[option.field.name] = value
+        else:
+            by_group.setdefault(option.group, {})[option.field.name] = value
+    hints = _field_types(cls)
+    for name, given in by_group.items():
+        top[name] = hints[name](**given)
+    return cls(**top)
+
+
+def flat_values(cfg: Any) -> dict[str, Any]:
+    """The config as one flat mapping (what ``to_yaml`` writes and ``load_config`` reads back)."""
+    return {key: getattr(getattr(cfg, o.group) if o.group else cfg, o.field.name)
+            for key, o in options(type(cfg)).items()}
+
+
 def to_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(flat_values(cfg), sort_keys=False, allow_unicode=True)

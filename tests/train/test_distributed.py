@@ -15,11 +15,9 @@ import pytest
 import torch
 import yaml
 
-from sample_data import ALPACA_ROWS
+from sample_data import ALPACA_ROWS, tokenized_dataset
 from instructglm.config import load_config
-from instructglm.convert.convert import ConvertConfig, convert_files
-from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
-from instructglm.train.recipe import TrainConfig
+from instructglm.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("dist")
-    (root / "a.json").write_text(json.dumps(ALPACA_ROWS * 4, ensure_ascii=False), encoding="utf-8")
-    convert_files(ConvertConfig(inputs=[str(root / "a.json")], output=str(root / "a.jsonl")))
-    tokenize_file(TokenizeConfig(input=str(root / "a.jsonl"), output=str(root / "tok"), model=tiny_models("llama")))
-    return root / "tok"
+    return tokenized_dataset(tmp_path_factory.mktemp("dist"), tiny_models("llama"), rows=ALPACA_ROWS * 4)
 
 
 SHIMS = {"fsdp.yaml": "fsdp_on_cpu.py", "deepspeed_zero2.yaml": "deepspeed_on_cpu.py",

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from sample_data import ALPACA_ROWS
+from sample_data import ALPACA_ROWS, tokenized_dataset
 from test_packing import _examples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -58,7 +58,8 @@ def test_packed_rows_on_cuda_equal_padded_rows(arch, tiny_models):
 
     from instructglm.train import methods
     from instructglm.train.packing import collate_packed
-    from instructglm.train.recipe import batch_loss_sum, collate
+    from instructglm.train.data import collate
+    from instructglm.train.loss import batch_loss_sum
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models(arch), attn_implementation="sdpa").cuda()
     cols = _examples(model.config.vocab_size, [40, 9, 23, 17, 30])  # the CPU test's rows (test_packing.py)
@@ -90,13 +91,8 @@ def _train(tmp_path, model, name, *extra, cpu=False):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_bf16_training_on_cuda_matches_fp32_on_cpu(tmp_path, tiny_models, arch):
-    from instructglm.convert.convert import ConvertConfig, convert_files
-    from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
-
     model = tiny_models(arch)
-    (tmp_path / "a.json").write_text(json.dumps(ALPACA_ROWS * 4, ensure_ascii=False), encoding="utf-8")
-    convert_files(ConvertConfig(inputs=[str(tmp_path / "a.json")], output=str(tmp_path / "a.jsonl")))
-    tokenize_file(TokenizeConfig(input=str(tmp_path / "a.jsonl"), output=str(tmp_path / "tok"), model=model))
+    tokenized_dataset(tmp_path, model, rows=ALPACA_ROWS * 4)  # tmp_path / "tok", what _train reads
     cpu = _train(tmp_path, model, "cpu", cpu=True)
     runs = {"plain": _train(tmp_path, model, "gpu", "--liger", "off")}
     try:

@@ -9,11 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from sample_data import ALPACA_ROWS
 from tiny import ARCHS
 from instructglm.cli import main
-from instructglm.convert.convert import ConvertConfig, convert_files
-from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
 
 # Losses of steps 1-3 for the fixed seed/config below, recorded from a run of this code (CPU, fp32).
 # Step 1 is before any update, so it is the same for all methods with an identity-initialised
@@ -34,15 +31,8 @@ METHOD_ARGS = {
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, tiny_models):
-    def build(arch):
-        root = tmp_path_factory.mktemp(f"data-{arch}")
-        (root / "a.json").write_text(json.dumps(ALPACA_ROWS * 3, ensure_ascii=False), encoding="utf-8")
-        convert_files(ConvertConfig(inputs=[str(root / "a.json")], output=str(root / "a.jsonl")))
-        tokenize_file(TokenizeConfig(input=str(root / "a.jsonl"), output=str(root / "tok"), model=tiny_models(arch)))
-        return root / "tok"
-    cache = {}
-    return lambda arch="llama": cache.setdefault(arch, build(arch))
+def dataset(tokenized):
+    return tokenized
 
 
 def run_train(dataset_dir, model, out, method, *extra):
@@ -91,7 +81,7 @@ def test_first_loss_is_the_untouched_model_loss(tiny_models, dataset):
     """Step 1 is logged before any update: it must equal the plain model's loss on those rows."""
     import datasets
 
-    from instructglm.train.recipe import collate, epoch_batches
+    from instructglm.train.data import collate, epoch_batches
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models("llama"))
     rows = datasets.load_from_disk(str(dataset()))[epoch_batches(12, 2, 5, 0)[0]]

@@ -5,7 +5,8 @@ from transformers import AutoModelForCausalLM
 from tiny import ARCHS
 from instructglm.train import methods
 from instructglm.train.packing import collate_packed, plan_rows
-from instructglm.train.recipe import batch_loss_sum, collate
+from instructglm.train.data import collate
+from instructglm.train.loss import batch_loss_sum
 
 
 def _examples(vocab, lengths, seed=0):

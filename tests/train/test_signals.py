@@ -13,22 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from sample_data import ALPACA_ROWS
+import instructglm.train.loss as loss_module
 from instructglm.cli import main
-from instructglm.convert.convert import ConvertConfig, convert_files
-from instructglm.tokenize.tokenize import TokenizeConfig, tokenize_file
+from instructglm.config import load_config
+from instructglm.constants import COMPLETE
 from instructglm.errors import UserError
-import instructglm.train.recipe as trainer
-from instructglm.train.recipe import COMPLETE, TrainConfig, _checkpoints, train
+from instructglm.train import TrainConfig, train
+from instructglm.train.checkpoint import complete_checkpoints as _checkpoints
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("sigdata")
-    (root / "a.json").write_text(json.dumps(ALPACA_ROWS * 3, ensure_ascii=False), encoding="utf-8")
-    convert_files(ConvertConfig(inputs=[str(root / "a.json")], output=str(root / "a.jsonl")))
-    tokenize_file(TokenizeConfig(input=str(root / "a.jsonl"), output=str(root / "tok"), model=tiny_models("llama")))
-    return root / "tok"
+def dataset(tokenized):
+    return tokenized("llama")
 
 
 def _args(dataset, out, model, *extra):
@@ -156,13 +152,13 @@ def test_sigterm_and_sigint_save_and_stop(tmp_path, capsys, dataset, tiny_models
 def _cfg(dataset, out, model, **kw):
     base = dict(dataset=str(dataset), output_dir=str(out), model=model, lora_rank=2, per_device_train_batch_size=2,
                 max_steps=50, logging_steps=1, learning_rate=1e-3)
-    return TrainConfig(**{**base, **kw})
+    return load_config(TrainConfig, **{**base, **kw})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_in_process_signal_stops_after_the_step_and_restores_handlers(tmp_path, monkeypatch, dataset, tiny_models,
                                                                       sig):
-    original = trainer.batch_loss_sum
+    original = loss_module.batch_loss_sum
     calls = []
 
     def loss_then_signal(*a, **kw):
@@ -171,7 +167,7 @@ def test_in_process_signal_stops_after_the_step_and_restores_handlers(tmp_path, 
             os.kill(os.getpid(), sig)
         return original(*a, **kw)
 
-    monkeypatch.setattr(trainer, "batch_loss_sum", loss_then_signal)
+    monkeypatch.setattr(loss_module, "batch_loss_sum", loss_then_signal)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     out = tmp_path / "run"
     if sig == signal.SIGINT:
@@ -193,7 +189,7 @@ def test_handlers_restored_after_a_normal_run_and_an_error(tmp_path, monkeypatch
     def oom(*a, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer, "batch_loss_sum", oom)
+    monkeypatch.setattr(loss_module, "batch_loss_sum", oom)
     with pytest.raises(UserError) as e:
         train(_cfg(dataset, tmp_path / "oom", tiny_models("llama"), pack_length=256))
     assert {s: signal.getsignal(s) for s in before} == before
@@ -208,7 +204,7 @@ def test_out_of_memory_through_the_cli(tmp_path, capsys, monkeypatch, dataset, t
     def oom(*a, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(trainer, "batch_loss_sum", oom)
+    monkeypatch.setattr(loss_module, "batch_loss_sum", oom)
     code = main(["-q", *_args(dataset, tmp_path / "run", tiny_models("llama"), "--max-steps", "3",
                               "--gradient-checkpointing")])
     err = capsys.readouterr().err

@@ -41,7 +41,6 @@ from instructglm.templates import Template, get_template
 from instructglm.tokenize import manifest as dataset_manifest
 from instructglm.tokenize import shards
 from instructglm.tokenize.encode import SegmentEncoder, format_example
-from instructglm.tokenize.manifest import read_manifest  # noqa: F401  (train imports it from here; see report)
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The launcher chooses (``torchrun`` gives DDP, ``accelerate launch --config_file configs/accelerate/X.yaml``
 gives what the file says) and accelerate sets the engine up. What still differs between engines in
-the training loop lives here, so ``trainer.py`` reads the same for all of them:
+the training loop lives here, so ``recipe.py`` reads the same for all of them:
 
 * backward and the optimizer step (DeepSpeed accumulates, clips and steps inside its engine),
 * the gradient norm (over all shards),
@@ -14,10 +14,23 @@ the training loop lives here, so ``trainer.py`` reads the same for all of them:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
 from instructglm.errors import UserError
+
+
+class _NoCpuNotice(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU" warning. accelerate imports DeepSpeed whenever it
+    is installed (e.g. to unwrap a model), and on a CPU-only machine that import prints this line
+    from DeepSpeed's own logger, which has its own handler and ignores the level we set."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
+_NO_CPU_NOTICE = _NoCpuNotice()
 
 
 def _to_cpu(tree):
@@ -50,13 +63,17 @@ def read_optimizer_state(path) -> dict:
                         f"without DeepSpeed installed here?): {str(e).splitlines()[0]}") from None
 
 
-class Engine:
+class DistributedBackend:
     """The accelerator of a run plus the engine-specific parts of the loop (see the module docstring)."""
 
     def __init__(self, mixed_precision: str):
         import torch
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+        deepspeed_log = logging.getLogger("DeepSpeed")  # a filter survives DeepSpeed resetting the level
+        if _NO_CPU_NOTICE not in deepspeed_log.filters:
+            deepspeed_log.addFilter(_NO_CPU_NOTICE)
 
         kwargs = {"mixed_precision": mixed_precision}
         if not torch.cuda.is_available():
@@ -91,7 +108,7 @@ class Engine:
     def check(self, cfg, method) -> None:
         """Refuse combinations that cannot work, before the model loads."""
         if (self.fsdp or self.deepspeed) and method.USES_MODEL_FORWARD:
-            raise UserError(f"method {cfg.method} does not run under {'FSDP' if self.fsdp else 'DeepSpeed'} "
+            raise UserError(f"method {method.NAME} does not run under {'FSDP' if self.fsdp else 'DeepSpeed'} "
                             f"(PEFT builds its prefix outside the sharded forward); its few parameters need no "
                             f"sharding: launch without the {'FSDP' if self.fsdp else 'DeepSpeed'} config")
         if self.deepspeed:
@@ -102,10 +119,12 @@ class Engine:
                                     f"schedule of its own config (learning_rate, lr_scheduler, warmup_steps)")
             # Batch, accumulation and clipping come from the train config, whatever the DeepSpeed file says.
             c = plugin.deepspeed_config
-            c["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
-            c["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
-            c["train_batch_size"] = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * self.world
-            c["gradient_clipping"] = cfg.max_grad_norm
+            schedule = cfg.schedule
+            c["train_micro_batch_size_per_gpu"] = schedule.per_device_train_batch_size
+            c["gradient_accumulation_steps"] = schedule.gradient_accumulation_steps
+            c["train_batch_size"] = (schedule.per_device_train_batch_size * schedule.gradient_accumulation_steps
+                                     * self.world)
+            c["gradient_clipping"] = cfg.optimizer.max_grad_norm
             if plugin.zero_stage == 3:  # the trained weights are gathered for every save
                 c.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
 

@@ -1,7 +1,7 @@
 """Causal-LM loss computed only where it counts.
 
 transformers' ``ForCausalLM.forward`` projects *every* position onto the vocabulary and then
-throws most of it away: in instruction tuning the prompt positions carry label -100. With the
+throws most of it away: in instruction tuning the prompt positions carry label IGNORE_INDEX. With the
 262k-token vocabulary of Gemma 3 the LM head is about half of all FLOPs and most of the
 activation memory. Here the backbone runs as usual, then only the hidden states whose next
 token is trained go through the LM head, in chunks whose gradients are computed on the way
@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from instructglm.constants import IGNORE_INDEX
+from instructglm.train.kernels import FUSED_CE_ATTR, fused_head_ce_sum
 
 
-def _causal_lm(model):
+def causal_lm(model):
     """The ``*ForCausalLM`` module under PEFT / DDP wrappers."""
     while True:
         if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP
@@ -116,7 +117,7 @@ def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, att
 
     Labels are unshifted (as in transformers): position ``t`` predicts ``labels[t + 1]``.
     """
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     backbone = lm.get_decoder()
     head = lm.get_output_embeddings()
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
@@ -131,10 +132,42 @@ def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, att
     cfg = lm.config
     softcap = getattr(cfg, "final_logit_softcapping", None)
     scale = getattr(cfg, "logit_scale", None)
-    if getattr(lm, "_instructglm_fused_ce", False):  # Liger's fused kernel (train/kernels.py)
-        from instructglm.train.kernels import fused_head_ce_sum
-
+    if getattr(lm, FUSED_CE_ATTR, False):  # Liger's fused kernel (train/kernels.py)
         return fused_head_ce_sum(h, targets, head.weight, head.bias, softcap), n
     rows = chunk_size or head_chunk_rows(head.weight.shape[0])
     total = LinearCrossEntropy.apply(h, head.weight, head.bias, targets, softcap, scale, rows)
     return total, n
+
+
+def batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, trained tokens) of a micro-batch, through the method's forward path:
+    the model's own forward when the method needs it (P-Tuning), else :func:`causal_lm_loss_sum`
+    with the packed rows' block-diagonal mask."""
+    from instructglm.train.data import trained_tokens
+    from instructglm.train.packing import attention_mask_for
+
+    if method.USES_MODEL_FORWARD:
+        n = trained_tokens(batch)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return (out.loss * n if n else out.loss * 0.0), n
+    mask, positions = batch["attention_mask"], None
+    if "segments" in batch:
+        lm = causal_lm(model)
+        mask = attention_mask_for(lm.config, batch["segments"], next(lm.parameters()).dtype)
+        positions = batch["position_ids"]
+    return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions)
+
+
+class LossForward(torch.nn.Module):
+    """The model with the loss computed inside ``forward``: under DDP/FSDP (accelerate wraps this
+    module) gradient synchronisation then sees the whole computation."""
+
+    def __init__(self, model, method):
+        super().__init__()
+        self.model = model
+        self.method = method
+        # FSDP's transformer-based auto-wrap looks up the block classes on the module it is given
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    def forward(self, **batch):
+        return batch_loss_sum(self.model, self.method, batch)

@@ -6,7 +6,7 @@ example with its own position ids starting at 0. Attention gets a block-diagonal
 no example attends to another — built per model as transformers expects it: a boolean 4-D mask
 for SDPA, an additive float mask for eager attention, and one mask per attention type (full and
 sliding window) for models that mix them, such as Gemma 3. Labels at the first token of every
-example are -100, so no example is trained to predict the start of the next one.
+example are IGNORE_INDEX, so no example is trained to predict the start of the next one.
 
 Why rows of bounded length rather than one long row: attention over a row costs its length
 squared, so one row of 8 x 187 tokens would spend more on masked-out attention than padding wastes.
@@ -14,7 +14,7 @@ squared, so one row of 8 x 187 tokens would spend more on masked-out attention t
 
 from __future__ import annotations
 
-IGNORE_INDEX = -100
+from instructglm.constants import IGNORE_INDEX
 
 
 def plan_rows(lengths: list[int], pack_length: int) -> list[list[int]]:

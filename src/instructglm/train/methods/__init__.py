@@ -1,25 +1,12 @@
-"""Tuning methods, one module each. A module exposes
+"""Tuning methods, one folder each (``lora``, ``ptuning``, ``freeze``, ``full``): its option group and
+its :class:`TuningMethod`, registered by name (see ``registry.py``)."""
 
-* ``apply(model, cfg)``: the model to train, with only the method's parameters trainable,
-* ``save(model, directory, state=None)``: writes only what it trained, as safetensors (``state``:
-  those tensors gathered whole by the trainer, needed when FSDP shards them),
-* ``load(model, directory)``: restores those weights (resuming),
-* ``attach(base, directory)``: the base model with the trained weights, for inference,
-* ``MERGEABLE`` and ``USES_MODEL_FORWARD`` (P-Tuning needs PEFT's forward to inject its prefix).
-"""
+# Imported in the order the methods are offered to users (registration order).
+from instructglm.train.methods.lora import LoraMethod, LoraOptions
+from instructglm.train.methods.ptuning import PTuningMethod, PTuningOptions
+from instructglm.train.methods.freeze import FreezeMethod, FreezeOptions
+from instructglm.train.methods.full import FullMethod
+from instructglm.train.methods.registry import METHODS, TuningMethod, get_method, register
 
-from __future__ import annotations
-
-from types import ModuleType
-
-from instructglm.errors import UserError
-from instructglm.train.methods import freeze, full, lora, ptuning
-
-METHODS: dict[str, ModuleType] = {"lora": lora, "ptuning": ptuning, "freeze": freeze, "full": full}
-
-
-def get_method(name: str) -> ModuleType:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise UserError(f"method '{name}' is not available; choose one of {', '.join(METHODS)}") from None
+__all__ = ["METHODS", "FreezeMethod", "FreezeOptions", "FullMethod", "LoraMethod", "LoraOptions", "PTuningMethod",
+           "PTuningOptions", "TuningMethod", "get_method", "register"]

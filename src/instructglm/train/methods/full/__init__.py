@@ -1,0 +1,3 @@
+from instructglm.train.methods.full.method import FullMethod
+
+__all__ = ["FullMethod"]

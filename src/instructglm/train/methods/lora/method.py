@@ -1,0 +1,51 @@
+"""LoRA through PEFT: low-rank adapters on the chosen linear layers, base weights frozen.
+
+``lora_target`` is ``all-linear`` by default (every linear layer of the transformer blocks, not the
+LM head), which suits every supported family (LLaMA, Qwen2/3, Gemma 3, GLM/GLM-4). Named modules
+work too, e.g. ``query_key_value`` for legacy ChatGLM-6B checkpoints or ``q_proj,v_proj``.
+rsLoRA (``lora_rslora``) and DoRA (``lora_dora``) are PEFT switches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from instructglm.errors import UserError
+from instructglm.train.methods.lora.config import LoraOptions
+from instructglm.train.methods.peft_adapter import ADAPTER_WEIGHTS, PeftAdapterMethod, quiet_peft
+from instructglm.train.methods.registry import register
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@register
+class LoraMethod(PeftAdapterMethod):
+    NAME = "lora"
+    OPTIONS = LoraOptions
+
+    def apply(self, model, options: LoraOptions):
+        from peft import LoraConfig, get_peft_model
+
+        target = options.target
+        config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                            target_modules=target if target == "all-linear" else _names(target),
+                            modules_to_save=_names(options.modules_to_save) or None, use_rslora=options.rslora,
+                            use_dora=options.dora, task_type="CAUSAL_LM")
+        try:
+            with quiet_peft():
+                return get_peft_model(model, config)
+        except ValueError as e:
+            raise UserError(f"lora_target '{target}': {e}") from None
+
+    def load(self, model, directory: str | Path) -> None:
+        """As PEFT's, and weights that do not fit the model are refused rather than skipped."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(directory) / ADAPTER_WEIGHTS
+        result = set_peft_model_state_dict(model, load_file(str(path)))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise UserError(f"{path}: adapter weights do not fit this model (unexpected {unexpected[:3]})")
