@@ -88,7 +88,7 @@ def atomic_dir(target: str | Path, marker: str | None = None, marker_text: str =
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     except OSError as e:
-        raise UserError(f"{target}: cannot write output: {e.strerror}") from None
+        raise UserError(f"{target}: cannot create output directory: {e.strerror}") from None
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp

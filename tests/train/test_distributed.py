@@ -19,7 +19,7 @@ from sample_data import ALPACA_ROWS, tokenized_dataset
 from instructglm.config import load_config
 from instructglm.train import TrainConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 ROOT = Path(__file__).resolve().parents[2]
 
 
