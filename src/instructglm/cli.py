@@ -1,7 +1,9 @@
 """The ``instructglm`` command: a thin map from each subcommand to one plain function.
 
 Every subcommand's options come from its config dataclass (``--kebab-case`` flags; the
-``--snake_case`` names of ChatGLM-Tuning and Alpaca-LoRA, such as ``--lora_rank``, as aliases).
+``--snake_case`` names of ChatGLM-Tuning and Alpaca-LoRA, such as ``--lora_rank``, as aliases; a
+boolean flag also takes a value, ``--fp16 false``, as transformers' ``TrainingArguments`` do, and
+``train`` accepts with a note the ``TrainingArguments`` flags those scripts pass that mean nothing here).
 ``train`` also takes a YAML file and ``key=value`` overrides. User mistakes (``UserError``) print
 one line and exit with status 2, without a traceback.
 
@@ -21,7 +23,7 @@ from importlib import import_module
 from typing import Any, Callable
 
 from instructglm import __version__, console
-from instructglm.config import add_arguments, load_config
+from instructglm.config import add_arguments, boolean_flags, is_value_word, load_config, spell_booleans
 from instructglm.errors import UserError
 
 
@@ -111,6 +113,34 @@ def _train_or_launch(function: Callable, cfg, args: argparse.Namespace):
     return function(cfg)
 
 
+# TrainingArguments flags that the ChatGLM-Tuning and Chinese-LLaMA-Alpaca scripts pass and that mean
+# nothing here: accepted with a note, so that their command lines run as written.
+TRAINER_FLAGS_WITHOUT_MEANING = {
+    "--remove_unused_columns": "a tokenized dataset holds only the columns training reads",
+    "--report_to": "the training log is OUTPUT_DIR/trainer_log.jsonl",
+    "--overwrite_output_dir": "the output directory is written into whether it exists or not",
+    "--do_train": "train always trains",
+}
+
+
+def drop_flags_without_meaning(argv: list[str], flags: dict[str, str]) -> tuple[list[str], list[str]]:
+    """``argv`` without the ``flags`` (each with its value, if one follows), and a note for each."""
+    kept: list[str] = []
+    notes: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name not in flags:
+            kept.append(argv[i])
+        else:
+            if not eq and i + 1 < len(argv) and is_value_word(argv[i + 1]):
+                value = argv[i + 1]
+                i += 1
+            notes.append(f"{name}{' ' + value if value else ''}: ignored ({flags[name]})")
+        i += 1
+    return kept, notes
+
+
 @dataclass(frozen=True)
 class Verb:
     """One subcommand: ``instructglm.<package>`` re-exports its config class and its function."""
@@ -122,10 +152,17 @@ class Verb:
     summary: Callable[[Any, Any], str | None] | None = None  # (config, result) -> the line printed at the end
     configure: Callable[[argparse.Namespace, type], Any] = _config_from_flags
     call: Callable[[Callable, Any, argparse.Namespace], Any] = _call
+    without_meaning: dict[str, str] = dataclasses.field(default_factory=dict)  # flag -> why it is ignored
 
     def target(self) -> tuple[type, Callable]:
         module = import_module(f"instructglm.{self.package}")
         return getattr(module, self.config), getattr(module, self.function)
+
+    def prepare(self, argv: list[str]) -> tuple[list[str], list[str]]:
+        """``argv`` as argparse can read it (boolean values spelled as flags, flags without meaning
+        dropped) and the notes to show about what was dropped."""
+        argv, notes = drop_flags_without_meaning(argv, self.without_meaning)
+        return spell_booleans(argv, boolean_flags(self.target()[0])), notes
 
     def run(self, args: argparse.Namespace) -> Any:
         cls, function = self.target()
@@ -143,7 +180,8 @@ VERBS: dict[str, Verb] = {
     "tokenize": Verb("tokenize", "TokenizeConfig", "tokenize_file", "tokenize canonical JSONL into a training dataset",
                      summary_tokenize, call=_tokenize_in_color),
     "train": Verb("train", "TrainConfig", "train", "fine-tune a model (LoRA, P-Tuning v2, Freeze, full)",
-                  summary_train, configure=_train_config, call=_train_or_launch),
+                  summary_train, configure=_train_config, call=_train_or_launch,
+                  without_meaning=TRAINER_FLAGS_WITHOUT_MEANING),
     "infer": Verb("infer", "InferConfig", "infer", "generate answers for a data file", summary_infer),
     "chat": Verb("chat", "ChatConfig", "chat",
                  "talk to a model in the terminal, streaming (/reset, /adapter NAME, /exit)"),
@@ -199,10 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {}
     for name, verb in VERBS.items():
         p = commands[name] = sub.add_parser(name, help=verb.help, description=verb.help)
-        if name == "convert":
-            p.add_argument("inputs", nargs="+", metavar="IN", help="input files or glob patterns")
-        add_arguments(p, verb.target()[0], skip=("inputs",) if name == "convert" else ())
+        add_arguments(p, verb.target()[0])
         p.set_defaults(func=verb.run)
+    commands["convert"].add_argument("inputs_pos", nargs="*", metavar="IN", help="input files or glob patterns")
     commands["tokenize"].add_argument("input_pos", nargs="?", metavar="IN.jsonl", help="canonical JSONL file")
     commands["train"].add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
     commands["train"].add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
@@ -217,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fix_positionals(args: argparse.Namespace) -> None:
+    if getattr(args, "inputs_pos", None):
+        args.inputs = [*(args.inputs or []), *args.inputs_pos]
     if getattr(args, "input_pos", None):
         if getattr(args, "input", None):
             raise UserError("give the input file once (positional or --input)")
@@ -232,10 +271,18 @@ def _fix_positionals(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        argv, notes = VERBS[command].prepare(argv) if command in VERBS else (argv, [])
+    except UserError as e:
+        print(f"instructglm {command}: error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     console.setup(quiet=args.quiet, verbose=args.verbose)
+    for note in notes if not args.quiet else []:
+        print(f"instructglm {args.command}: note: {note}", file=sys.stderr)
     try:
         _fix_positionals(args)
         args.func(args)

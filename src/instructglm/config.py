@@ -93,6 +93,10 @@ def options(cls: type) -> dict[str, Option]:
     return found
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")  # the spellings transformers' TrainingArguments accept
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
 def coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` (from YAML or a string on the command line) to the field type ``tp``."""
     inner, optional = _base_type(tp)
@@ -105,10 +109,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if inner is bool:
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
+            if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+                return value.lower() in TRUE_WORDS
             raise ValueError(value)
         if inner is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -214,6 +216,44 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             sections[option.group] = parser if option.group is None else parser.add_argument_group(
                 f"{option.group} options", _group_help(cls, option.group) or None)
         _add_option(sections[option.group], option)
+
+
+def boolean_flags(cls: type) -> set[str]:
+    """Every flag name of the boolean options of ``cls`` (``--fp16``, ``--skip_overlength``; not the
+    ``--no-`` forms)."""
+    names: set[str] = set()
+    for option in options(cls).values():
+        if _base_type(option.type)[0] is bool:
+            names |= {"--" + option.key.replace("_", "-"), *option.field.metadata.get("aliases", ())}
+    return names
+
+
+def is_value_word(arg: str) -> bool:
+    """Whether a command-line word after a flag that may go without a value is meant as its value
+    (true, 0, none, maybe) rather than the next argument (a file, a flag, a key=value override)."""
+    return arg.isalnum() and not Path(arg).exists()
+
+
+def spell_booleans(argv: list[str], flags: set[str]) -> list[str]:
+    """``argv`` with every boolean flag given a value (``--fp16 false``, ``--fp16=1``) written as the
+    bare flag or its ``--no-`` form, which is all argparse knows; the values are those
+    transformers' ``TrainingArguments`` take. A wrong value is a UserError naming the flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name in flags and not eq and i + 1 < len(argv) and is_value_word(argv[i + 1]):
+            eq, value = "=", argv[i + 1]
+            i += 1
+        if name in flags and eq:
+            if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise UserError(f"{name} {value}: expected true or false (also 1/0, yes/no, on/off), or {name} "
+                                f"alone for true")
+            out.append(name if value.lower() in TRUE_WORDS else "--no-" + name.lstrip("-"))
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
 
 
 def _group_help(cls: type, name: str) -> str:

@@ -90,35 +90,78 @@ ROWS = [
 ]
 
 
+def _scores(block):
+    return {system: block["scores"][system]["exact_match"] for system in block["scores"]}
+
+
 def test_evaluate_rows_per_category_and_deltas():
     result = evaluate_rows(ROWS + [{"reference": None, "prediction": "x", "category": "upper"}])
     assert result["n"] == 4 and result["skipped_no_reference"] == 1
+    assert result["systems"] == {"base": "base_prediction", "tuned": "prediction"}
     overall = result["overall"]
-    assert overall["tuned"]["exact_match"] == 75.0 and overall["base"]["exact_match"] == 25.0
-    assert overall["delta"]["exact_match"] == 50.0
+    assert _scores(overall) == {"base": 25.0, "tuned": 75.0} and overall["delta"]["tuned"]["exact_match"] == 50.0
     # base: "rome" and "hello world" match after normalisation, "GOOD DAY" exactly -> 3 of 4
-    assert overall["base"]["normalized_exact_match"] == 75.0
+    assert overall["scores"]["base"]["normalized_exact_match"] == 75.0
     cap, up = result["by_category"]["capital"], result["by_category"]["upper"]
-    assert (cap["n"], cap["base"]["exact_match"], cap["tuned"]["exact_match"], cap["delta"]["exact_match"]) == (
-        2, 0.0, 100.0, 100.0)
-    assert (up["base"]["exact_match"], up["tuned"]["exact_match"], up["delta"]["exact_match"]) == (50.0, 50.0, 0.0)
+    assert (cap["n"], _scores(cap), cap["delta"]["tuned"]["exact_match"]) == (2, {"base": 0.0, "tuned": 100.0}, 100.0)
+    assert (_scores(up), up["delta"]["tuned"]["exact_match"]) == ({"base": 50.0, "tuned": 50.0}, 0.0)
     for block in (overall, cap, up):
-        for metric, delta in block["delta"].items():
-            assert delta == pytest.approx(block["tuned"][metric] - block["base"][metric], abs=0.051)
+        for metric, delta in block["delta"]["tuned"].items():
+            assert delta == pytest.approx(block["scores"]["tuned"][metric] - block["scores"]["base"][metric], abs=0.051)
     # ROUGE-1 tuned for "upper": row 1 identical (100); "GOOD" vs "GOOD DAY": P 1, R 1/2, F 2/3
-    assert up["tuned"]["rouge1"] == pytest.approx(round((100 + 200 / 3) / 2, 1))
+    assert up["scores"]["tuned"]["rouge1"] == pytest.approx(round((100 + 200 / 3) / 2, 1))
     assert {lang: b["n"] for lang, b in result["by_language"].items()} == {"en": 3, "zh": 1}
-    assert result["by_language"]["zh"]["base"]["exact_match"] == 0.0
+    assert result["by_language"]["zh"]["scores"]["base"]["exact_match"] == 0.0
 
 
 def test_evaluate_rows_without_base_or_category():
     rows = [{"reference": r["reference"], "prediction": r["prediction"]} for r in ROWS]
     result = evaluate_rows(rows)
-    assert set(result["overall"]) == {"n", "tuned"} and "by_category" not in result
+    assert set(result["overall"]) == {"n", "scores"} and list(result["systems"]) == ["tuned"]
+    assert "by_category" not in result
     table = format_table(result)
     assert "tuned" in table and "delta" not in table
     with pytest.raises(UserError):
         evaluate_rows([{"reference": None, "prediction": "x"}])
+    with pytest.raises(UserError, match="no prediction column to score"):
+        evaluate_rows([{"reference": "a", "answer": "a"}])
+
+
+# One adapter per task (infer --adapter zh=... --adapter up=... --compare-base): prediction_NAME columns.
+MULTI = [{"reference": r["reference"], "base_prediction": r["base_prediction"], "category": r["category"],
+          "prediction_zh": r["prediction"], "prediction_up": r["reference"].upper()} for r in ROWS]
+
+
+def test_every_adapter_column_is_scored_side_by_side():
+    result = evaluate_rows(MULTI)
+    assert result["systems"] == {"base": "base_prediction", "zh": "prediction_zh", "up": "prediction_up"}
+    overall = result["overall"]
+    # up: 巴黎 and the two upper-case rows are exact, ROME is not -> 3 of 4
+    assert _scores(overall) == {"base": 25.0, "zh": 75.0, "up": 75.0}
+    assert {s: d["exact_match"] for s, d in overall["delta"].items()} == {"zh": 50.0, "up": 50.0}
+    assert _scores(result["by_category"]["capital"]) == {"base": 0.0, "zh": 100.0, "up": 50.0}
+    assert _scores(result["by_category"]["upper"]) == {"base": 50.0, "zh": 50.0, "up": 100.0}
+    lines = format_table(result).splitlines()
+    assert lines[2].split() == ["metric", "base", "zh", "up", "delta_zh", "delta_up"]
+    em_line = next(line for line in lines if line.strip().startswith("exact match"))
+    assert em_line.split()[-5:] == ["25.0", "75.0", "75.0", "+50.0", "+50.0"]
+    upper = next(line for line in lines if line.strip().startswith("upper"))
+    assert upper.split()[1:7] == ["2", "50.0", "50.0", "100.0", "+0.0", "+50.0"]
+
+
+def test_adapter_named_like_a_fixed_system_keeps_its_column_name():
+    rows = [{"reference": "a", "prediction_base": "a", "prediction": "b"}]
+    result = evaluate_rows(rows)
+    assert result["systems"] == {"tuned": "prediction", "prediction_base": "prediction_base"}
+    assert "delta" not in result["overall"]  # no base model answers: nothing to take deltas against
+
+
+def test_a_system_without_answers_in_a_group_is_left_out_of_it():
+    rows = [{"reference": "a", "prediction_x": "a", "category": "one"},
+            {"reference": "b", "prediction_y": "b", "category": "two"}]
+    result = evaluate_rows(rows)
+    assert list(result["by_category"]["one"]["scores"]) == ["x"]
+    assert "-" in format_table(result).splitlines()[-1].split()
 
 
 def test_evaluate_writes_json(tmp_path):
@@ -141,7 +184,7 @@ def test_cli_eval(tmp_path):
     em_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("exact match"))
     assert em_line.split()[-3:] == ["25.0", "75.0", "+50.0"]
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["overall"]["delta"]["exact_match"] == 50.0
+    assert metrics["overall"]["delta"]["tuned"]["exact_match"] == 50.0
     proc = subprocess.run([sys.executable, "-m", "instructglm", "eval", "missing.jsonl"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr

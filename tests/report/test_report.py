@@ -96,3 +96,22 @@ def test_nice_ticks():
     # range 2.213 over 5 ticks -> raw step 0.44 -> rounded up to 0.5
     assert nice_ticks(0, 2.213) == [0, 0.5, 1.0, 1.5, 2.0, 2.5]
     assert nice_ticks(0, 90) == [0, 20, 40, 60, 80, 100]
+
+
+def test_report_shows_every_adapter_side_by_side(tmp_path):
+    """infer --adapter law=... --adapter med=... --compare-base: one prediction_NAME column per adapter."""
+    _train_dir(tmp_path / "adapter")
+    rows = [{**{k: r[k] for k in ("index", "prompt", "reference", "base_prediction", "category")},
+             "prediction_law": r["reference"], "prediction_med": "no idea"} for r in REPORT_ROWS]
+    write_jsonl(tmp_path / "predictions.jsonl", rows)
+    page = write_report(ReportConfig(run_dir=str(tmp_path))).read_text(encoding="utf-8")
+    metrics = page.split('id="metrics"')[1].split("</table>")[0]
+    heads = [h.split("<")[0] for h in metrics.split("<thead>")[1].split("</thead>")[0].split("<th>")[1:]]
+    assert heads == ["metric", "base", "law", "med", "delta_law", "delta_med"]
+    em_row = metrics.split("exact match</th>")[1].split("</tr>")[0]
+    assert [c.split(">")[1].split("<")[0] for c in em_row.split("<td")[1:]] == [
+        "0.0", "100.0", "0.0", "+100.0", "+0.0"]
+    answers = page.split('id="answers"')[1]
+    assert "<th>law</th><th>med</th><th>reference</th>" in answers
+    assert answers.count('class="text answer ok"') == 2 and answers.count("no idea") == 2
+    assert "0.0% &rarr; law 100.0%, med 0.0%" in page  # the summary card names each adapter

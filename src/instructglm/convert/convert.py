@@ -3,7 +3,8 @@
 Malformed records are reported as ``FILE:LINE: reason``. With ``on_error="fail"`` the first one
 stops the run (``UserError``, exit status 2); with ``"skip"`` every rejected record is written with
 its reason to ``OUT.rejects.jsonl`` and the run goes on. The formats and their detection are in
-:mod:`instructglm.convert.formats`.
+:mod:`instructglm.convert.formats`; a file of another layout is read with a column map
+(``--map instruction=question --map output=std_answer``, :mod:`instructglm.convert.columns`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from instructglm.config import opt
+from instructglm.convert.columns import ColumnMap
 from instructglm.convert.formats import DATASET_FORMATS, resolve_format
 from instructglm.convert.reading import Rejected, convert_items, open_dataset
 from instructglm.errors import UserError
@@ -31,16 +33,28 @@ MAX_LOGGED_REJECTS = 10
 
 @dataclass
 class ConvertConfig:
-    inputs: list[str] = opt(help="input files (JSON array or JSONL) or glob patterns")
-    output: str = opt(help="output canonical JSONL file", aliases=("-o",))
+    inputs: list[str] = opt(help="input files (JSON array or JSONL) or glob patterns; also given as positionals",
+                            aliases=("--data_path",))
+    output: str = opt(help="output canonical JSONL file", aliases=("-o", "--save_path"))
     format: str = opt("auto", help=f"input format: auto (detected per file) or one of {', '.join(DATASET_FORMATS)}")
     on_error: Literal["fail", "skip"] = opt(
         "fail", help="fail: stop at the first malformed record (exit status 2); skip: write each one with "
                      "its reason to OUT.rejects.jsonl and go on")
     dedup: bool = opt(False, help="drop records whose messages exactly repeat an earlier record's")
+    map: list[str] = opt([], help="read a layout no format lists: FIELD=KEY, the file's KEY for FIELD "
+                                  "(instruction, input, output, history, system; or messages, role, content "
+                                  "for a list of turns), e.g. --map instruction=question --map output=std_answer")
 
     def validate(self) -> None:
+        self.columns()
+
+    def columns(self) -> ColumnMap | None:
+        """The column map of ``--map``; it replaces format detection, so it excludes ``--format``."""
         resolve_format(self.format)
+        columns = ColumnMap.parse(self.map)
+        if columns is not None and self.format != "auto":
+            raise UserError(f"--map with --format {self.format}: the map sets the layout; give one of them")
+        return columns
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -76,7 +90,7 @@ def convert_files(cfg: ConvertConfig) -> dict:
     ``files`` (records converted per file), ``formats`` (format per file), ``output`` and
     ``rejects`` (the rejects file with ``on_error="skip"``, else ``None``).
     """
-    resolve_format(cfg.format)
+    columns = cfg.columns()
     if cfg.on_error not in ("fail", "skip"):
         raise UserError(f"--on-error {cfg.on_error}: expected fail or skip")
     paths = expand_inputs(cfg.inputs)
@@ -94,7 +108,7 @@ def convert_files(cfg: ConvertConfig) -> dict:
             rej.write(r.to_json() + "\n")
 
         for path in paths:
-            fmt, items = open_dataset(path, cfg.format)
+            fmt, items = open_dataset(path, cfg.format, columns=columns)
             formats[str(path)] = fmt.name
             converted = 0
             for conv in convert_items(path, fmt, items, on_reject if rej else None):

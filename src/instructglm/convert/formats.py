@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from instructglm.convert.turns import (BELLE_LABELS, GUANACO_LABELS, TOOL_CALL_TAG, TOOL_RESULT_TAG, Dialogue,
@@ -268,13 +267,12 @@ def classify(rec: Any, reply: bool = True) -> str | None:
     return None
 
 
-def detect_format(path: Path, samples: list[Any], reply: bool = True) -> DatasetFormat:
-    """The format most of the sampled records belong to (ties go to the earlier format). A
-    malformed record among them is then reported by the converter with its line."""
+def detect_format(samples: list[Any], reply: bool = True) -> DatasetFormat | None:
+    """The format most of the sampled records belong to (ties go to the earlier format), ``None``
+    when no record is of a known format. A malformed record among them is then reported by the
+    converter with its line."""
     votes = Counter(classify(s, reply) for s in samples)
     votes.pop(None, None)
-    if votes:
-        return DATASET_FORMATS[max(DATASET_FORMATS, key=lambda name: votes.get(name, 0))]
-    keys = sorted(samples[0]) if samples and isinstance(samples[0], dict) else []
-    raise UserError(f"{path}: cannot detect the dataset format (first record's keys: {keys}); "
-                    f"known formats: {', '.join(DATASET_FORMATS)}; use --format NAME")
+    if not votes:
+        return None
+    return DATASET_FORMATS[max(DATASET_FORMATS, key=lambda name: votes.get(name, 0))]

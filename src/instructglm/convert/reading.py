@@ -14,7 +14,9 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from instructglm.convert.formats import DatasetFormat, classify, detect_format, resolve_format
+from instructglm.convert.columns import ColumnMap, undetected
+from instructglm.convert.formats import (DATASET_FORMATS, DatasetFormat, classify, detect_format,
+                                         resolve_format)
 from instructglm.convert.sources import BadInput, scan_records
 from instructglm.errors import UserError, where
 from instructglm.files import dumps
@@ -48,14 +50,18 @@ class Rejected:
         return text
 
 
-def open_dataset(path: Path, fmt_name: str = "auto",
-                 reply: bool = True) -> tuple[DatasetFormat, Iterator[tuple[int, Any]]]:
-    """``(format, items)`` for one file: the forced format, or the one detected from its first records.
+def open_dataset(path: Path, fmt_name: str = "auto", reply: bool = True,
+                 columns: ColumnMap | None = None) -> tuple[DatasetFormat, Iterator[tuple[int, Any]]]:
+    """``(format, items)`` for one file: the one the column map makes, the forced format, or the one
+    detected from its first records.
 
     ``items`` are ``(line, record | BadInput)`` from :func:`scan_records`, the sampled ones included.
     """
     fmt = resolve_format(fmt_name)
     items = scan_records(path)
+    if columns is not None:
+        log.info("%s: read with %s", path, columns.describe())
+        return columns.as_format(), items
     if fmt is not None:
         log.info("%s: format '%s' (given with --format)", path, fmt.name)
         return fmt, items
@@ -68,7 +74,9 @@ def open_dataset(path: Path, fmt_name: str = "auto",
     if not samples and buffered:  # nothing readable: the first bad line is the clearer message
         line, bad = buffered[0]
         raise UserError(f"{where(path, line)}: {bad.reason}")
-    fmt = detect_format(path, samples, reply)
+    fmt = detect_format(samples, reply)
+    if fmt is None:
+        raise undetected(path, samples, list(DATASET_FORMATS))
     votes = sum(classify(s, reply) == fmt.name for s in samples)
     log.info("%s: detected format '%s' (%d of %d sampled records)", path, fmt.name, votes, len(samples))
     return fmt, chain(buffered, items)

@@ -211,8 +211,10 @@ TOOL_SPEAKERS = {"function_call": ("assistant", TOOL_CALL_TAG), "observation": (
                  "tool": ("user", TOOL_RESULT_TAG)}
 
 
-def speaker_turns(rec: dict, reply: bool, key: str = "conversations") -> list[Message]:
-    """Messages for ``[{"from": speaker, "value": text}, ...]`` (ShareGPT, BELLE multi-turn)."""
+def speaker_turns(rec: dict, reply: bool, key: str = "conversations", speaker_key: str = "from",
+                  text_key: str = "value") -> list[Message]:
+    """Messages for ``[{"from": speaker, "value": text}, ...]`` (ShareGPT, BELLE multi-turn); the three
+    key names can be others (``convert --map messages=... --map role=... --map content=...``)."""
     turns = rec.get(key)
     if turns is None:
         raise RecordError(f"missing field '{key}'")
@@ -223,18 +225,18 @@ def speaker_turns(rec: dict, reply: bool, key: str = "conversations") -> list[Me
         dialogue.add(Message("system", text))
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise RecordError(f"{key}[{i}] must be an object with 'from' and 'value'")
-        speaker, value = turn.get("from"), turn.get("value")
+            raise RecordError(f"{key}[{i}] must be an object with '{speaker_key}' and '{text_key}'")
+        speaker, value = turn.get(speaker_key), turn.get(text_key)
         if value is None:
-            raise RecordError(f"{key}[{i}]: missing 'value'")
+            raise RecordError(f"{key}[{i}]: missing '{text_key}'")
         if speaker in TOOL_SPEAKERS:
             role, tag = TOOL_SPEAKERS[speaker]
-            dialogue.add(Message(role, tagged(tag, tool_text(value, f"{key}[{i}].value"))), folded=True)
+            dialogue.add(Message(role, tagged(tag, tool_text(value, f"{key}[{i}].{text_key}"))), folded=True)
         elif speaker in SPEAKERS:
             if not isinstance(value, str):
-                raise RecordError(f"{key}[{i}].value must be text, got {type(value).__name__}")
+                raise RecordError(f"{key}[{i}].{text_key} must be text, got {type(value).__name__}")
             dialogue.add(Message(SPEAKERS[speaker], value))
         else:
             known = ", ".join([*SPEAKERS, *TOOL_SPEAKERS])
-            raise RecordError(f"{key}[{i}].from must be one of {known}, got {speaker!r}")
+            raise RecordError(f"{key}[{i}].{speaker_key} must be one of {known}, got {speaker!r}")
     return without_open_reply(dialogue.messages, reply)

@@ -12,6 +12,10 @@ With several ``--adapter NAME=PATH`` the adapters are loaded once, side by side 
 and every row gets one ``prediction_NAME`` column per adapter (``model.set_adapter`` switches
 between them); ``--compare-base`` adds ``base_prediction`` (adapters disabled, same weights).
 
+Without ``--output`` (ChatGLM-Tuning's ``infer --data_path FILE --model_path RUN``) the predictions go
+to ``ADAPTER/predictions.jsonl``, where ``report RUN`` finds them, and every instruction is printed
+with its answer; the base model is the one the adapter was trained on unless ``--model`` says otherwise.
+
 Finished rows are appended to ``OUTPUT.partial`` (one JSON line per row, flushed after every
 batch, after a first line that records the settings); rerunning the same command after an
 interruption skips them. At the end the rows are written in input order to ``OUTPUT`` (atomically)
@@ -43,12 +47,15 @@ PARTIAL_SUFFIX = ".partial"
 
 @dataclass(kw_only=True)
 class InferConfig(SamplingConfig):
-    data: str = opt(help="data file: canonical JSONL or any format 'convert' reads; records need no reference")
-    output: str = opt(help="predictions JSONL (rows are kept in OUTPUT.partial until the run completes; "
-                           "rerunning resumes from it)", aliases=("-o",))
-    model: str = opt("gemma3-270m", help="base model")
+    data: str = opt(help="data file: canonical JSONL or any format 'convert' reads; records need no reference",
+                    aliases=("--data_path",))
+    output: str | None = opt(None, help="predictions JSONL (rows are kept in OUTPUT.partial until the run "
+                                        "completes; rerunning resumes from it); default: ADAPTER/predictions.jsonl, "
+                                        "and every answer is printed", aliases=("-o",))
+    model: str | None = opt(None, help="base model; default: the one the adapter was trained on, else gemma3-270m")
     adapter: list[str] = opt([], help="trained output directory (from 'instructglm train'); give NAME=PATH "
-                                      "several times to write one prediction_NAME column per adapter")
+                                      "several times to write one prediction_NAME column per adapter",
+                             aliases=("--model_path",))
     template: str | None = opt(None, help="prompt template; default: the adapter's, else alpaca")
     format: str = opt("auto", help="data format (as in 'convert'): auto or a format name")
     batch_size: int = opt(16, help="prompts per generation batch")
@@ -56,6 +63,8 @@ class InferConfig(SamplingConfig):
     limit: int | None = opt(None, help="only the first N records")
 
     def validate(self) -> None:
+        if self.output is None and not self.adapter:
+            raise UserError("--output: required without --adapter (the predictions are written next to an adapter)")
         if self.batch_size < 1:
             raise UserError(f"--batch-size: must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -154,11 +163,13 @@ class Answerer:
 
 def load_answerer(cfg: InferConfig, adapters: dict[str, str], template_name: str) -> Answerer:
     from instructglm.models.loading import load_model, resolve_model
+    from instructglm.runinfo import adapter_info
 
     loaded = load_engine(cfg.model, adapters, template_name)
     separate_base = None
     if cfg.compare_base and not hasattr(loaded.model, "disable_adapter"):  # freeze/full changed the weights
-        separate_base = Engine(load_model(resolve_model(cfg.model)).eval(), loaded.tokenizer)
+        base = cfg.model or adapter_info(next(iter(adapters.values()))).base_model
+        separate_base = Engine(load_model(resolve_model(base)).eval(), loaded.tokenizer)
     return Answerer(loaded, cfg.sampling(), separate_base)
 
 
@@ -199,15 +210,25 @@ def answer_all(answerer: Answerer, conversations: list[Conversation], prompts: l
     bar.close()
 
 
+def print_answers(conversations: list[Conversation], rows: list[dict], columns: list[Column]) -> None:
+    """Each record's last user turn and its answers, as ChatGLM-Tuning's infer.py shows them."""
+    for i, (conv, row) in enumerate(zip(conversations, rows), start=1):
+        print(f"### {i}. Instruction:\n{conv.prompt[-1].content}\n")
+        for column in columns:
+            name = f" ({column.key})" if len(columns) > 1 else ""
+            print(f"### Answer{name}:\n{row[column.key]}\n")
+
+
 def infer(cfg: InferConfig) -> dict:
-    """Generate an answer for every record of ``cfg.data``; write ``cfg.output`` (JSONL)."""
+    """Generate an answer for every record of ``cfg.data``; write ``cfg.output`` (JSONL). Without an
+    output the predictions go next to the (first) adapter and every answer is printed."""
     import torch
 
     adapters, template_name = choose_adapters(cfg.adapter, cfg.template)
     if cfg.compare_base and not adapters:
         raise UserError("--compare-base needs --adapter")
     conversations = read_conversations(cfg.data, cfg.format, cfg.limit)
-    output = Path(cfg.output)
+    output = Path(cfg.output) if cfg.output else Path(next(iter(adapters.values()))) / "predictions.jsonl"
     if output.is_dir():
         raise UserError(f"{output}: is a directory; give a file name for the output")
     columns = prediction_columns(adapters, cfg.compare_base)
@@ -224,7 +245,10 @@ def infer(cfg: InferConfig) -> dict:
     prompts = loaded.engine.prompts_ids(loaded.template, [c.prompt for c in conversations])
     todo = sorted((i for i in range(len(conversations)) if i not in done), key=lambda i: len(prompts[i]))
     answer_all(answerer, conversations, prompts, todo, columns, cfg.batch_size, partial, settings, done)
-    n = write_jsonl(output, (done[i] for i in range(len(conversations))))
+    rows = [done[i] for i in range(len(conversations))]
+    n = write_jsonl(output, rows)
     partial.unlink()
-    return {"output": cfg.output, "records": n, "template": loaded.template.name, "columns": [c.key for c in columns],
+    if cfg.output is None:
+        print_answers(conversations, rows, columns)
+    return {"output": str(output), "records": n, "template": loaded.template.name, "columns": [c.key for c in columns],
             "resumed": len(conversations) - len(todo), "generated": len(todo)}

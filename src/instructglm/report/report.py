@@ -1,8 +1,8 @@
 """``report``: one self-contained HTML page about a run (no network: inline CSS, inline SVG).
 
 It shows the run summary, the training loss curve (drawn as SVG from ``trainer_log.jsonl``), the
-resolved training config, base vs tuned metrics (:func:`instructglm.eval.evaluate.evaluate_rows`)
-and the held-out answers side by side. Every piece of text from files (model answers above all)
+resolved training config, the metrics of every prediction column (base, tuned or one per adapter,
+:func:`instructglm.eval.evaluate.evaluate_rows`) and the held-out answers side by side. Every piece of text from files (model answers above all)
 is HTML-escaped.
 
 Two layouts are understood::
@@ -24,7 +24,7 @@ from pathlib import Path
 from instructglm.config import opt
 from instructglm.constants import LOSS_PLOT, RUN_INFO, TRAIN_CONFIG, TRAINER_LOG
 from instructglm.errors import UserError
-from instructglm.eval.evaluate import METRICS, evaluate_rows, read_predictions
+from instructglm.eval.evaluate import METRICS, cell, evaluate_rows, prediction_columns, read_predictions, table_columns
 from instructglm.eval.metrics import exact_match, normalized_exact_match
 from instructglm.files import atomic_file, read_json, read_jsonl
 from instructglm.runinfo import RunInfo
@@ -170,35 +170,32 @@ def _bar_cell(value: float) -> str:
     return f'<td class="num bar" style="--w:{pct:.1f}%">{value:.1f}</td>'
 
 
-def metrics_table(block: dict) -> str:
-    """Metric x base/tuned/delta for one group."""
-    systems = [s for s in ("base", "tuned") if s in block]
-    head = "".join(f"<th>{s}</th>" for s in systems) + ("<th>delta</th>" if "delta" in block else "")
+def _number_cell(block: dict, kind: str, system: str, metric: str) -> str:
+    value = cell(block, kind, system, metric)
+    if value is None:
+        return '<td class="num muted">-</td>'
+    return _delta_cell(value) if kind == "delta" else _bar_cell(value)
+
+
+def metrics_table(block: dict, systems: list[str]) -> str:
+    """Metric x systems (base, tuned or one per adapter) and their deltas against the base, for one group."""
+    columns = table_columns(systems)
+    head = "".join(f"<th>{esc(h)}</th>" for _, _, h in columns)
     rows = []
     for m, label in METRICS.items():
-        cells = "".join(_bar_cell(block[s][m]) for s in systems)
-        if "delta" in block:
-            cells += _delta_cell(block["delta"][m])
+        cells = "".join(_number_cell(block, k, s, m) for k, s, _ in columns)
         rows.append(f"<tr><th scope=row>{esc(label)}</th>{cells}</tr>")
     return f'<table class="metrics"><thead><tr><th>metric</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def breakdown_table(title: str, blocks: dict, metrics=("exact_match", "bleu4", "rougeL")) -> str:
-    """One row per group (language or category): n, then base/tuned/delta of a few metrics."""
-    systems = [s for s in ("base", "tuned", "delta") if any(s in b for b in blocks.values())]
-    top = "".join(f'<th colspan="{len(systems)}" class="group">{esc(METRICS[m])}</th>' for m in metrics)
-    sub = "".join(f"<th>{s}</th>" for _ in metrics for s in systems)
+def breakdown_table(title: str, blocks: dict, systems: list[str], metrics=("exact_match", "bleu4", "rougeL")) -> str:
+    """One row per group (language or category): n, then every system and delta of a few metrics."""
+    columns = table_columns(systems)
+    top = "".join(f'<th colspan="{len(columns)}" class="group">{esc(METRICS[m])}</th>' for m in metrics)
+    sub = "".join(f"<th>{esc(h)}</th>" for _ in metrics for _, _, h in columns)
     rows = []
     for name, block in blocks.items():
-        cells = ""
-        for m in metrics:
-            for s in systems:
-                if s not in block:
-                    cells += '<td class="num muted">-</td>'
-                elif s == "delta":
-                    cells += _delta_cell(block[s][m])
-                else:
-                    cells += _bar_cell(block[s][m])
+        cells = "".join(_number_cell(block, k, s, m) for m in metrics for k, s, _ in columns)
         rows.append(f'<tr><th scope=row>{esc(name)}</th><td class="num">{block["n"]}</td>{cells}</tr>')
     return (f'<table class="metrics breakdown"><thead><tr><th rowspan=2>{esc(title)}</th><th rowspan=2>n</th>{top}'
             f'</tr><tr>{sub}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
@@ -214,12 +211,12 @@ def verdict(prediction: str | None, reference: str | None) -> str:
 
 
 def answers_table(rows: list[dict], limit: int) -> str:
-    """Prompt / base / tuned / reference side by side, answers coloured by exact match."""
-    has_base = any(r.get("base_prediction") is not None for r in rows)
+    """Prompt / every system's answer / reference side by side, answers coloured by exact match."""
+    systems = prediction_columns(rows)
     has_cat = any("category" in r for r in rows)
     shown = rows[:limit] if limit else rows
     head = ('<th class="c-idx">#</th>' + ('<th class="c-cat">category</th>' if has_cat else "") + "<th>prompt</th>"
-            + ("<th>base</th>" if has_base else "") + "<th>tuned</th><th>reference</th>")
+            + "".join(f"<th>{esc(name)}</th>" for name in systems) + "<th>reference</th>")
     body = []
     for i, r in enumerate(shown):
         ref = r.get("reference")
@@ -227,8 +224,8 @@ def answers_table(rows: list[dict], limit: int) -> str:
         if has_cat:
             cells += f'<td><span class="tag">{esc(r.get("category", "-"))}</span></td>'
         cells += f'<td class="text prompt">{esc((r.get("prompt") or "").strip())}</td>'
-        for key in (("base_prediction",) if has_base else ()) + ("prediction",):
-            cells += f'<td class="text answer {verdict(r.get(key), ref)}">{esc(r.get(key))}</td>'
+        for column in systems.values():
+            cells += f'<td class="text answer {verdict(r.get(column), ref)}">{esc(r.get(column))}</td>'
         cells += f'<td class="text reference">{esc(ref)}</td>'
         body.append(f"<tr>{cells}</tr>")
     note = (f'<p class="muted">Showing the first {len(shown)} of {len(rows)} rows (--max-examples).</p>'
@@ -253,10 +250,12 @@ def summary_cards(info: RunInfo | None, log: list[dict], metrics: dict | None, e
     if metrics:
         langs = ", ".join(f"{b['n']} {esc(lang)}" for lang, b in metrics["by_language"].items())
         cards.append(("held-out rows", f"{metrics['n']} <small>({langs})</small>"))
-        overall = metrics["overall"]
-        em = f"{overall['tuned']['exact_match']:.1f}%" if "tuned" in overall else "-"
-        if "base" in overall:
-            em = f"{overall['base']['exact_match']:.1f}% &rarr; {em}"
+        scores = metrics["overall"]["scores"]
+        tuned = [s for s in scores if s != "base"]
+        named = len(tuned) > 1  # several adapters: say whose score each is
+        em = ", ".join(f"{esc(s) + ' ' if named else ''}{scores[s]['exact_match']:.1f}%" for s in tuned) or "-"
+        if "base" in scores:
+            em = f"{scores['base']['exact_match']:.1f}% &rarr; {em}"
         cards.append(("exact match", em))
     if extra.get("wall_s") is not None:
         cards.append(("wall time", f"{float(extra['wall_s']):.0f} s"))
@@ -338,13 +337,14 @@ def config_section(config: str | None, info: RunInfo | None) -> str:
 
 def metrics_section(metrics: dict | None) -> str:
     """Overall metrics table, then the per-language and per-category breakdowns."""
-    parts = ['<section id="metrics"><h2>Metrics: base vs tuned</h2>']
+    parts = ['<section id="metrics"><h2>Metrics</h2>']
     if metrics:
-        parts.append(f'<p class="muted">{esc(METRIC_NOTES)}</p>{metrics_table(metrics["overall"])}')
+        systems = list(metrics["systems"])
+        parts.append(f'<p class="muted">{esc(METRIC_NOTES)}</p>{metrics_table(metrics["overall"], systems)}')
         if len(metrics["by_language"]) > 1:
-            parts.append(f'<h3>By language</h3>{breakdown_table("language", metrics["by_language"])}')
+            parts.append(f'<h3>By language</h3>{breakdown_table("language", metrics["by_language"], systems)}')
         if metrics.get("by_category"):
-            parts.append(f'<h3>By category</h3>{breakdown_table("category", metrics["by_category"])}')
+            parts.append(f'<h3>By category</h3>{breakdown_table("category", metrics["by_category"], systems)}')
     else:
         parts.append('<p class="muted">No predictions file: run <code>instructglm infer --compare-base</code> '
                      'and pass it with <code>--predictions</code>.</p>')
