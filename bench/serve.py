@@ -1,41 +1,53 @@
-"""Serving throughput: 16 concurrent clients vs the same requests one at a time, over HTTP.
+"""Serving: the wave scheduler vs the continuous one, side by side, with transformers' own continuous
+batching on the same prompts as an outside reference.
 
-The server (``instructglm.serve``) runs in a child process on 127.0.0.1 so that the clients do not
-share its interpreter; the clients are threads here, each sending its requests one after the other
-with the OpenAI chat API (non-streaming), greedy, ``ignore_eos`` so every answer is exactly
-``--max-tokens`` tokens long and both runs do the same work. Reported: requests and generated
-tokens per second, p50/p99 latency of each run, and the throughput ratio concurrent/sequential.
+For each scheduler a server (``instructglm.serve``, ``--scheduler wave|continuous``) runs in a child
+process on 127.0.0.1 over the base model and two LoRA adapters made on the spot; at each level of
+concurrency (1, 16, 64 clients by default) every client sends its requests one after the other, as
+streaming chat completions for ``base``, ``a1``, ``a2`` in turn (mixed adapters), greedy and
+``ignore_eos`` so every answer is exactly ``--max-tokens`` tokens and every run does the same work.
+The clients are asyncio tasks in this process. Measured at the client: generated tokens per second
+(all answers over the level's wall time), time to first token (request sent -> first text) and
+inter-token latency (gaps between text chunks of one answer), p50/p99.
 
-    python bench/serve.py                           # a tiny random LLaMA built on the spot
-    python bench/serve.py --model gemma3-270m --requests-per-client 2 --max-tokens 32
+transformers' ``generate_batch`` (paged cache, its own scheduler) gets the same prompts, base model
+only (it has no per-request adapters), all submitted at once; its TTFT and latencies come from its
+own per-token timestamps.
+
+    python bench/serve.py                               # tiny random LLaMA (engine overhead)
+    python bench/serve.py --model gemma3-270m --max-tokens 32 --levels 1 16
 
 Results go to bench/results/serve.json.
 """
 
-import argparse
-import json
-import os
-import platform
-import random
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# bench/tokenize.py would hide the standard library's tokenize module: drop this folder from the path.
+# bench/tokenize.py would hide the standard library's tokenize module (asyncio imports it through
+# inspect): drop this folder from the path before anything else is imported.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("what why how explain the city river light house music story number language train capital france "
          "paris summer winter translate into english chinese short answer please write a list of").split()
+MODELS = ("base", "a1", "a2")
 
 SERVER = """
-import sys
+import json, sys
 from instructglm.serve.app import ServeConfig, serve
-serve(ServeConfig(model=sys.argv[1], port=int(sys.argv[2]), max_batch_size=int(sys.argv[3])))
+serve(ServeConfig(**json.loads(sys.argv[1])))
 """
 
 
@@ -45,107 +57,193 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_model(work: Path) -> str:
-    sys.path.insert(0, str(ROOT / "tests"))
+def make_models(work: Path, model: str | None) -> tuple[str, list[str]]:
+    """The base model (a tiny random LLaMA unless given) and two LoRA adapters on it."""
+    sys.path.append(str(ROOT / "tests" / "helpers"))  # appended: its module names must not hide the stdlib
+    from adapters import make_adapter
     from tiny import make_model_dir
 
-    return str(make_model_dir(work / "tiny-llama", "llama"))
+    from instructglm.models.loading import resolve_model
+
+    base = resolve_model(model) if model else str(make_model_dir(work / "tiny-llama", "llama"))
+    return base, [f"{name}={make_adapter(base, work / name, seed)}" for seed, name in enumerate(MODELS[1:], 1)]
 
 
-def percentile(values: list[float], p: float) -> float:
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return round(s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))], 4)
 
 
-def run(url: str, prompts: list[str], clients: int, max_tokens: int) -> dict:
+def summary(clients: int, wall: float, tokens: int, ttfts: list[float], gaps: list[float], requests: int) -> dict:
+    return {"clients": clients, "requests": requests, "wall_s": round(wall, 3), "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / wall, 1), "ttft_p50_s": percentile(ttfts, 50),
+            "ttft_p99_s": percentile(ttfts, 99), "itl_p50_s": percentile(gaps, 50), "itl_p99_s": percentile(gaps, 99)}
+
+
+async def one_request(http, url: str, model: str, prompt: str, max_tokens: int, ttfts: list, gaps: list) -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    sent, last, tokens = time.perf_counter(), None, 0
+    async with http.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if not (chunk["choices"] and chunk["choices"][0]["delta"].get("content")):
+                continue
+            now = time.perf_counter()
+            if last is None:
+                ttfts.append(now - sent)
+            else:
+                gaps.append(now - last)
+            last = now
+    return tokens
+
+
+async def level(url: str, prompts: list[str], clients: int, max_tokens: int) -> dict:
     import httpx
 
-    def one(http, prompt):
-        t = time.perf_counter()
-        r = http.post(url + "/v1/chat/completions", timeout=600, json={
-            "model": "base", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True})
-        r.raise_for_status()
-        return time.perf_counter() - t, r.json()["usage"]["completion_tokens"]
+    ttfts, gaps = [], []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(limits=limits) as http:
+        async def client(k: int) -> int:
+            return sum([await one_request(http, url, MODELS[i % 3], prompts[i], max_tokens, ttfts, gaps)
+                        for i in range(k, len(prompts), clients)])
 
-    def client(chunk):
-        with httpx.Client() as http:
-            return [one(http, p) for p in chunk]
-
-    chunks = [prompts[i::clients] for i in range(clients)]
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = [r for part in pool.map(client, chunks) for r in part]
-    wall = time.perf_counter() - start
-    latencies = [lat for lat, _ in results]
-    tokens = sum(n for _, n in results)
-    return {"clients": clients, "requests": len(results), "wall_s": round(wall, 3),
-            "requests_per_s": round(len(results) / wall, 2), "tokens_per_s": round(tokens / wall, 1),
-            "generated_tokens": tokens, "latency_p50_s": round(percentile(latencies, 50), 4),
-            "latency_p99_s": round(percentile(latencies, 99), 4)}
+        start = time.perf_counter()
+        tokens = sum(await asyncio.gather(*(client(k) for k in range(clients))))
+        wall = time.perf_counter() - start
+    return summary(clients, wall, tokens, ttfts, gaps, len(prompts))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="model to serve (default: a tiny random LLaMA)")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests-per-client", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--max-batch-size", type=int, default=16)
-    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "serve.json"))
-    args = ap.parse_args()
+def start_server(config: dict) -> tuple[subprocess.Popen, str]:
+    import httpx
 
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    model = args.model or tiny_model(work)
-    rng = random.Random(0)
-    prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) + "?"
-               for _ in range(args.clients * args.requests_per_client)]
+    config = dict(config)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, model, str(port), str(args.max_batch_size)], env=env,
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(config.pop("threads")))
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps({**config, "port": port})], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        import httpx
+    deadline = time.time() + 300
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited:\n{proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            raise SystemExit("the server did not start within 300 s")
+        time.sleep(0.2)
 
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited:\n{proc.stderr.read()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("the server did not start within 300 s")
-            time.sleep(0.2)
-        run(url, prompts[:4], 1, args.max_tokens)  # warm-up
-        sequential = run(url, prompts, 1, args.max_tokens)
-        concurrent = run(url, prompts, args.clients, args.max_tokens)
+
+def run_scheduler(scheduler: str, config: dict, prompt_sets: dict[int, list[str]], max_tokens: int,
+                  threads: int) -> list[dict]:
+    proc, url = start_server({**config, "scheduler": scheduler, "threads": threads})
+    try:
+        asyncio.run(level(url, prompt_sets[min(prompt_sets)][:3], 1, max_tokens))  # warm-up
+        results = []
+        for clients, prompts in prompt_sets.items():
+            results.append(asyncio.run(level(url, prompts, clients, max_tokens)))
+            print(scheduler, json.dumps(results[-1]), flush=True)
+        return results
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def run_transformers(base: str, prompt_sets: dict[int, list[str]], max_tokens: int) -> dict:
+    """transformers' generate_batch on the chat prompts (base model, alpaca template), all at once."""
+    from transformers import GenerationConfig
+
+    from instructglm.generation.engine import Engine
+    from instructglm.models.loading import load_model, load_tokenizer
+    from instructglm.templates import get_template
+
+    tokenizer = load_tokenizer(base)
+    engine = Engine(load_model(base), tokenizer)
+    template = get_template("alpaca", tokenizer)
+    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
+    results = []
+    try:
+        for clients, prompts in prompt_sets.items():
+            ids = engine.prompts_ids(template, [[{"role": "user", "content": p}] for p in prompts])
+            start = time.perf_counter()
+            outputs = list(engine.model.generate_batch(ids, config, record_timestamps=True, warmup=False).values())
+            wall = time.perf_counter() - start
+            # its manager (paged cache, threads) starts inside the call: time from when the first request
+            # was scheduled, so that start-up is not counted as time to first token
+            began = min(o.lifespan[0] for o in outputs)
+            ttfts = [o.timestamps[0] - began for o in outputs if o.timestamps]
+            gaps = [b - a for o in outputs for a, b in zip(o.timestamps or [], (o.timestamps or [])[1:])]
+            generating = max(o.lifespan[1] for o in outputs) - began
+            results.append({**summary(clients, generating, sum(len(o.generated_tokens) for o in outputs), ttfts,
+                                      gaps, len(prompts)), "wall_with_startup_s": round(wall, 3),
+                            "note": "all requests submitted at once, base model only; wall_s from the first "
+                                    "request scheduled to the last finished"})
+            print("transformers", json.dumps(results[-1]), flush=True)
+    except Exception as e:  # noqa: BLE001 - an outside reference that does not run here is reported, not fatal
+        return {"error": f"{type(e).__name__}: {e}"[:500], "levels": results}
+    return {"levels": results}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="base model (default: a tiny random LLaMA)")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64], help="concurrent clients")
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--min-requests", type=int, default=8, help="at least this many requests per level")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--schedulers", nargs="+", default=["wave", "continuous"])
+    ap.add_argument("--no-transformers", action="store_true", help="skip transformers' generate_batch")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="CPU threads of the model's math, in every contender (on a busy 2-core machine one thread "
+                         "is several times faster for a tiny model than two threads fighting for cores)")
+    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "serve.json"))
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    base, adapters = make_models(work, args.model)
+    rng = random.Random(0)
+    prompt_sets = {c: [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) + "?"
+                       for _ in range(max(args.min_requests, c * args.requests_per_client))] for c in args.levels}
+    config = {"model": base, "adapter": adapters, "max_batch_size": max(args.levels), "max_queue": 1024}
+    schedulers = {s: run_scheduler(s, config, prompt_sets, args.max_tokens, args.torch_threads)
+                  for s in args.schedulers}
     import torch
 
+    torch.set_num_threads(args.torch_threads)
     result = {
-        "model": args.model or "tiny random llama (tests/tiny.py: hidden 64, 2 layers)",
-        "max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size,
+        "model": args.model or "tiny random llama (tests/helpers/tiny.py: hidden 64, 2 layers)",
+        "adapters": "two random LoRA adapters (r=4, all linear); requests cycle base, a1, a2",
+        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
-        "sequential": sequential, "concurrent": concurrent,
-        "throughput_ratio": round(concurrent["tokens_per_s"] / sequential["tokens_per_s"], 2),
+                    "torch_threads": args.torch_threads,
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "caveat": "shared machine: other engineers' jobs ran at the same time"},
+        "schedulers": schedulers,
     }
+    if not args.no_transformers:
+        result["transformers_generate_batch"] = run_transformers(base, prompt_sets, args.max_tokens)
+    if {"wave", "continuous"} <= set(schedulers):
+        result["continuous_vs_wave_throughput"] = {
+            str(w["clients"]): round(c["tokens_per_s"] / w["tokens_per_s"], 2)
+            for w, c in zip(schedulers["wave"], schedulers["continuous"])}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"\nthroughput {result['throughput_ratio']}x with {args.clients} concurrent clients "
-          f"(p50 {concurrent['latency_p50_s']}s / p99 {concurrent['latency_p99_s']}s vs sequential "
-          f"p50 {sequential['latency_p50_s']}s / p99 {sequential['latency_p99_s']}s); written to {out}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

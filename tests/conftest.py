@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 import pytest  # noqa: E402
 
-from sample_data import ALPACA_ROWS, tokenized_dataset  # noqa: E402,F401  (ALPACA_ROWS: for tests)
-from tiny import ARCHS, make_model_dir, make_tokenizer  # noqa: E402,F401
+from sample_data import tokenized_dataset  # noqa: E402
+from tiny import make_model_dir, make_tokenizer  # noqa: E402
 
 
 

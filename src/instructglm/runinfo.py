@@ -85,6 +85,8 @@ def choose_template(requested: str | None, trained: dict[str, str | None], mixed
     (``mixed="error"``, one prompt serves them all) or resolved to the last one (``mixed="last"``,
     merge: the merged model answers like its last adapter).
     """
+    if requested == "auto" and any(trained.values()):
+        requested = None  # "the model's own template" means the one the adapters were trained with
     known = {name: t for name, t in trained.items() if t}
     distinct = list(dict.fromkeys(known.values()))
     if requested and distinct and any(t != requested for t in distinct):

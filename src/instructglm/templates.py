@@ -28,6 +28,9 @@ Builtin templates
     EOS comes right after each answer, before the blank line that separates rounds, so the model
     learns to stop as soon as it has answered; the blank line is masked with the next round. A
     system message is written first, followed by a blank line.
+``chatglm-6b``, ``chatglm2``, ``chatglm3``, ``glm4``
+    The ChatGLM families' own formats, ids equal to the official ``chat()`` (see their classes and
+    tests/models/test_chatglm_templates.py). ``auto`` picks one from the model's tokenizer.
 ``model``
     The tokenizer's own chat template (``tokenizer.apply_chat_template``). Segments are found by
     rendering prefixes of the conversation and diffing: for each assistant turn the prompt is
@@ -38,34 +41,18 @@ Builtin templates
 
 File templates (``--template path/to/file.yaml`` or ``.json``)
 -------------------------------------------------------------
-A mapping with these keys (all strings unless said otherwise)::
-
-    user: "<|user|>\\n{content}\\n"        # required: one user turn; {content} = the user text,
-                                          # {round} = the 1-based round number
-    assistant_prefix: "<|assistant|>\\n"  # opens every response (masked, part of the prompt)
-    assistant_suffix: ""                  # closes every response, trained (e.g. "<|im_end|>")
-    eos: true                             # (bool) append the tokenizer's EOS after the suffix, trained
-    turn_separator: "\\n"                  # masked text between a response and the next turn
-    system: "{content}\\n\\n"               # how a system message is written (first, masked)
-    prefix: ""                            # masked text at the very start of every conversation
-    stop: ["<|user|>"]                    # (list) generation is cut at the first of these
-
-``eos: false`` needs a non-empty ``assistant_suffix`` (a response must end somewhere). Unknown
-keys are refused. ``{content}`` and ``{round}`` are replaced literally, so other braces are fine.
-The template's identity is ``PATH#sha256=HASH`` (absolute path + first 16 hex digits of the
-content hash): it is stored in the tokenized dataset's manifest and in the adapter's run info,
-and :func:`get_template` refuses that identity when the file has changed since.
+A small YAML/JSON description of the turns; the schema is in :mod:`instructglm.template_files`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from instructglm.errors import UserError
+from instructglm.convert.turns import TOOL_RESULT_TAG as TOOL_RESULT
 from instructglm.record import Conversation, Message, as_messages
 
 
@@ -158,100 +145,129 @@ class ChatGLMTemplate(TurnTemplate):
         return ("\n\n" if round_no > 1 else "") + f"[Round {round_no}]\n\n问：{m.content}\n\n答："
 
 
-_FILE_KEYS = {"name", "system", "user", "assistant_prefix", "assistant_suffix", "turn_separator", "stop",
-              "eos", "prefix"}
+class HistoryPromptTemplate(Template):
+    """The ``build_prompt`` families (ChatGLM-6B, ChatGLM2-6B): every earlier round is plain prompt
+    text and only the last answer is trained, followed by EOS, exactly as the official ``chat()``
+    builds its input and the official P-Tuning v2 scripts build training rows (earlier answers are
+    encoded inside the prompt string, never on their own, so their ids match the official ones)."""
+
+    head = ""  # masked text before everything (the model's own prefix tokens)
+    tail = ""  # masked text right after the prompt, before the answer
+    system_sep = "\n"
+    stop = ("[Round ", "\n问：")
+
+    def history_round(self, no: int, query: str, answer: str) -> str:
+        raise NotImplementedError
+
+    def last_round(self, no: int, query: str, first: bool) -> str:
+        raise NotImplementedError
+
+    def segments(self, messages: list[Message]) -> list[Segment]:
+        system = "".join(m.content + self.system_sep for m in messages if m.role == "system")
+        turns = [m for m in messages if m.role != "system"]
+        answer = turns.pop().content if turns and turns[-1].role == "assistant" else None
+        queries = [m.content for m in turns if m.role == "user"]
+        answers = [m.content for m in turns if m.role == "assistant"]
+        if not queries or len(answers) != len(queries) - 1:
+            raise UserError(f"template {self.name}: expects alternating user/assistant turns that start "
+                            f"with a user turn")
+        history = "".join(self.history_round(i, q, a) for i, (q, a) in enumerate(zip(queries, answers)))
+        prompt = self.head + system + history + self.last_round(len(answers), queries[-1], not answers)
+        segments = [Segment(prompt + self.tail, False)]
+        return segments + ([Segment(answer, True)] if answer is not None else [])
 
 
-class FileTemplate(Template):
-    """A template described by a small YAML/JSON file (schema in the module docstring)."""
+class ChatGLM6BTemplate(HistoryPromptTemplate):
+    """ChatGLM-6B (v1)'s ``chat()``: the bare query alone, or with history
+    ``[Round 0]\\n问：{q}\\n答：{a}\\n…[Round n]\\n问：{q}\\n答：``; then ``[gMASK]<sop>``, which its
+    tokenizer appends after the prompt, and the answer + ``<eop>``."""
 
-    def __init__(self, path: str | Path, spec: dict, digest: str):
-        self.path = str(Path(path).resolve())
-        self.digest = digest
-        self.name = f"{self.path}#sha256={digest}"
-        self.user = spec["user"]
-        self.system = spec.get("system", "{content}\n\n")
-        self.prefix = spec.get("prefix", "")
-        self.opening = spec.get("assistant_prefix", "")
-        self.suffix = spec.get("assistant_suffix", "")
-        self.separator = spec.get("turn_separator", "")
-        self.eos = spec.get("eos", True)
-        self.stop = tuple(spec.get("stop", ()))
+    name = "chatglm-6b"
+    tail = opening = "[gMASK]<sop>"
+
+    def history_round(self, no: int, query: str, answer: str) -> str:
+        return f"[Round {no}]\n问：{query}\n答：{answer}\n"
+
+    def last_round(self, no: int, query: str, first: bool) -> str:
+        return query if first else f"[Round {no}]\n问：{query}\n答："
+
+
+class ChatGLM2Template(HistoryPromptTemplate):
+    """ChatGLM2-6B's ``build_prompt`` after its ``[gMASK]<sop>`` prefix: rounds from 1,
+    ``[Round n]\\n\\n问：{q}\\n\\n答：{a}`` joined by blank lines; the answer + EOS."""
+
+    name = "chatglm2"
+    head = "[gMASK]<sop>"
+    system_sep = "\n\n"
+    opening = "\n\n答："
+
+    def history_round(self, no: int, query: str, answer: str) -> str:
+        return f"[Round {no + 1}]\n\n问：{query}\n\n答：{answer}\n\n"
+
+    def last_round(self, no: int, query: str, first: bool) -> str:
+        return f"[Round {no + 1}]\n\n问：{query}\n\n答："
+
+
+class RoleTokenTemplate(Template):
+    """ChatGLM3-6B and GLM-4: ``[gMASK]<sop>`` then ``<|role|>\\n{content}`` per message, the prompt ending
+    with ``<|assistant|>``. As in the official fine-tuning scripts an answer is trained together with
+    the role token that follows it (``<|user|>`` or ``<|observation|>``: the model's end-of-turn ids).
+    A user message that starts with ``[observation]`` (a tool result folded by ``convert``) becomes an
+    ``<|observation|>`` turn; ``[function_call]`` answers stay assistant text."""
+
+    stop = ("<|user|>", "<|observation|>")
+    opening = "<|assistant|>"
+    last_closing = ""  # trained after the last answer; "" means the tokenizer's EOS
+
+    def body(self, content: str) -> str:
+        return "\n" + content
+
+    @staticmethod
+    def role(m: Message) -> tuple[str, str]:
+        """(role, content): a folded tool result is an observation turn."""
+        if m.role == "user" and m.content.startswith(TOOL_RESULT + "\n"):
+            return "observation", m.content[len(TOOL_RESULT) + 1:]
+        return m.role, m.content
 
     def segments(self, messages: list[Message]) -> list[Segment]:
         segments: list[Segment] = []
-        pending, rnd = self.prefix, 0
-        for m in messages:
-            if m.role == "system":
-                pending += self.system.replace("{content}", m.content)
-            elif m.role == "user":
-                rnd += 1
-                if rnd > 1:
-                    pending += self.separator
-                pending += self.user.replace("{round}", str(rnd)).replace("{content}", m.content)
-                pending += self.opening
-            else:
-                segments.append(Segment(pending, False))
-                if self.suffix:
-                    segments.append(Segment(m.content, True, eos=False))
-                    segments.append(Segment(self.suffix, True, eos=self.eos))
-                else:
-                    segments.append(Segment(m.content, True))
-                pending = ""
-        if pending:
-            segments.append(Segment(pending, False))
+        pending, opened = "[gMASK]<sop>", False  # opened: the role token is already in a closing
+        for k, m in enumerate(messages):
+            role, content = self.role(m)
+            head = "" if opened else f"<|{role}|>"
+            if role != "assistant":
+                pending, opened = pending + head + self.body(content), False
+                continue
+            segments.append(Segment(pending + head, False))
+            pending, nxt = "", messages[k + 1] if k + 1 < len(messages) else None
+            if nxt is None and not self.last_closing:
+                segments.append(Segment(self.body(content), True))
+                continue
+            closing = f"<|{self.role(nxt)[0]}|>" if nxt else self.last_closing
+            segments += [Segment(self.body(content), True, eos=False), Segment(closing, True, eos=False)]
+            opened = nxt is not None
+        if pending or not messages or messages[-1].role != "assistant":
+            segments.append(Segment(pending + "<|assistant|>", False))
         return segments
 
-    def manifest(self) -> dict:
-        return {"template": self.name, "template_file": self.path, "template_sha256": self.digest}
+
+class ChatGLM3Template(RoleTokenTemplate):
+    """ChatGLM3-6B: each message is encoded on its own by the official code, so sentencepiece puts a
+    word-start mark before it; the space after the newline reproduces that mark in one encoded string.
+    The last answer ends with EOS (``</s>``), as in its fine-tuning demo."""
+
+    name = "chatglm3"
+
+    def body(self, content: str) -> str:
+        return "\n " + content if content else "\n"
 
 
-def load_template_file(path: str | Path, expect_digest: str | None = None) -> FileTemplate:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--template {path}: template file not found")
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    if expect_digest and digest != expect_digest:
-        raise UserError(f"{path}: the template file changed since the data was tokenized with it "
-                        f"(sha256 {digest}, expected {expect_digest}); tokenize and train again, or restore it")
-    try:
-        text = raw.decode("utf-8-sig")
-        spec = json.loads(text) if path.suffix.lower() == ".json" else _yaml(text)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: not a valid template file: {e}") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{path}: a template file must be a mapping (keys: {', '.join(sorted(_FILE_KEYS))})")
-    for key, value in spec.items():
-        if key not in _FILE_KEYS:
-            raise UserError(f"{path}: unknown template key '{key}' (known: {', '.join(sorted(_FILE_KEYS))})")
-        if key == "eos":
-            if not isinstance(value, bool):
-                raise UserError(f"{path}: key 'eos' must be true or false, got {value!r}")
-        elif key == "stop":
-            if isinstance(value, str):
-                spec["stop"] = [value]
-            elif not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
-                raise UserError(f"{path}: key 'stop' must be a list of non-empty strings")
-        elif not isinstance(value, str):
-            raise UserError(f"{path}: key '{key}' must be a string, got {type(value).__name__}")
-    if "user" not in spec:
-        raise UserError(f"{path}: missing key 'user' (e.g. user: \"<|user|>\\n{{content}}\\n\")")
-    if "{content}" not in spec["user"]:
-        raise UserError(f"{path}: key 'user' must contain {{content}}")
-    if not spec.get("eos", True) and not spec.get("assistant_suffix"):
-        raise UserError(f"{path}: with eos: false, 'assistant_suffix' must say where a response ends")
-    return FileTemplate(path, spec, digest)
+class GLM4Template(RoleTokenTemplate):
+    """GLM-4-9B-chat: ``<|role|>\\n{content}``; the last answer is closed by ``<|user|>`` (its
+    fine-tuning demo's end of conversation), one of the model's end-of-turn ids."""
 
-
-def _yaml(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ValueError(f"line {mark.line + 1}: {getattr(e, 'problem', e)}" if mark else str(e)) from None
+    name = "glm4"
+    last_closing = "<|user|>"
 
 
 class ModelTemplate(Template):
@@ -359,20 +375,43 @@ class ModelTemplate(Template):
         return {"template": self.name, "template_sha256": digest}
 
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (AlpacaTemplate(), ChatGLMTemplate())}
-BUILTIN = (*TEMPLATES, "model")
+TEMPLATES: dict[str, Template] = {t.name: t for t in (
+    AlpacaTemplate(), ChatGLMTemplate(), ChatGLM6BTemplate(), ChatGLM2Template(), ChatGLM3Template(), GLM4Template())}
+BUILTIN = (*TEMPLATES, "model", "auto")
 _PINNED = re.compile(r"^(?P<path>.+)#sha256=(?P<digest>[0-9a-f]{16})$")
 
 
+def auto_template(tokenizer) -> Template:
+    """The model's own template: a ChatGLM family's (told by its tokenizer: the v1 class, or the chat
+    template our conversion gave a ChatGLM2/3/GLM-4 tokenizer), else ``model`` when the tokenizer has a
+    chat template, else ``alpaca``. ``tokenizer`` may be a model spec (the tokenizer is then loaded)."""
+    if isinstance(tokenizer, str):
+        from instructglm.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    if type(tokenizer).__name__ == "ChatGLMv1Tokenizer":
+        return TEMPLATES["chatglm-6b"]
+    chat = getattr(tokenizer, "chat_template", None)
+    if chat:
+        from instructglm.models.chatglm import tokenizers as glm
+
+        family = {glm.CHATGLM2_TEMPLATE: "chatglm2", glm.CHATGLM3_TEMPLATE: "chatglm3", glm.GLM4_TEMPLATE: "glm4"}
+        return TEMPLATES[family[chat]] if chat in family else ModelTemplate(tokenizer)
+    return TEMPLATES["alpaca"]
+
+
 def get_template(name: str, tokenizer=None) -> Template:
-    """The template called ``name``: a builtin name, ``model`` (needs ``tokenizer``: a tokenizer or a
-    model spec to load it from), a template file path, or a stored identity ``PATH#sha256=HASH``."""
+    """The template called ``name``: a builtin name, ``model`` or ``auto`` (need ``tokenizer``: a
+    tokenizer or a model spec to load it from; see :func:`auto_template`), a template file path, or a
+    stored identity ``PATH#sha256=HASH``."""
     if name in TEMPLATES:
         return TEMPLATES[name]
-    if name == "model":
+    if name in ("model", "auto"):
         if tokenizer is None:
-            raise UserError("--template model: needs the model's tokenizer")
-        return ModelTemplate(tokenizer)
+            raise UserError(f"--template {name}: needs the model's tokenizer")
+        return ModelTemplate(tokenizer) if name == "model" else auto_template(tokenizer)
+    from instructglm.template_files import load_template_file  # (it builds on this module's classes)
+
     pinned = _PINNED.match(name)
     if pinned:
         return load_template_file(pinned["path"], pinned["digest"])

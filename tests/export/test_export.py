@@ -209,6 +209,20 @@ def test_gguf_export_refuses_unsupported_architecture(tmp_path, tiny_models, cap
     assert not (tmp_path / "x.gguf").exists()
 
 
+@pytest.mark.parametrize("gen,family", [("v1", "ChatGLM-6B (v1) cannot be exported"),
+                                        ("v3", "GGUF export of ChatGLM3-6B (llama.cpp's 'chatglm' architecture)")])
+def test_gguf_export_refuses_chatglm_checkpoints_in_one_line(tmp_path, capsys, gen, family):
+    import chatglm2_tiny
+    import chatglm_tiny
+
+    ckpt = (chatglm_tiny.build_tiny_checkpoint(tmp_path / gen) if gen == "v1"
+            else chatglm2_tiny.make_tiny_checkpoint(tmp_path / gen, gen))
+    assert main(["export", "--model", str(ckpt), "-o", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and family in err[0]
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def _rope(x, pos, theta, interleaved):
     """Rotate a head vector: pairs (i, i + d/2) (transformers) or (2i, 2i + 1) (llama.cpp 'llama')."""
     d = x.shape[-1]

@@ -4,7 +4,6 @@ stopping at the template's turn marker, sampling flags."""
 import json
 
 import pytest
-import torch
 
 from sample_data import ALPACA_ROWS
 from instructglm.errors import UserError

@@ -21,8 +21,8 @@ import chatglm2_tiny as tiny  # noqa: E402
 
 from instructglm.errors import UserError  # noqa: E402
 from instructglm.models.chatglm.glm2 import (chatglm_generation, chatglm_source, convert_chatglm2,  # noqa: E402
-                                             is_chatglm2_dir, native_config, prepare_chatglm2, to_chatglm_layout,
-                                             to_native_layout, write_chatglm_checkpoint)
+                                             is_chatglm2_dir, prepare_chatglm2, write_chatglm_checkpoint)
+from instructglm.models.chatglm.glm2_layout import native_config, to_chatglm_layout, to_native_layout  # noqa: E402
 
 GENS = {"v2": 2, "v3": 3, "glm4": 4}
 TOL = 1e-4

@@ -174,6 +174,17 @@ def test_peft_prefix_tuning_is_the_same_prefix(ckpt, prefix_ckpt):
     with torch.no_grad():
         logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert_rows_match(logits, REF["prefix"]["rows"])
+    # generate() injects the prefix into the cache (PEFT looks for it under past_key_values)
+    gen = REF["prefix"]["generate"]
+    out = peft_model.generate(input_ids=torch.tensor([gen["input_ids"]]), max_new_tokens=6, do_sample=False)
+    assert out[0].tolist() == gen["output_ids"]
+    # a left-padded batch (its mask is extended by the prefix) decodes each row as it does alone
+    texts = REF["generate"]["left_padded_batch"]["texts"]
+    batch = load_chatglm_v1_tokenizer(ckpt)(texts, padding=True, return_tensors="pt")
+    together = peft_model.generate(**batch, max_new_tokens=4, do_sample=False)[:, -4:]
+    for row, mask, expected in zip(batch["input_ids"], batch["attention_mask"], together):
+        alone = peft_model.generate(input_ids=row[mask.bool()][None], max_new_tokens=4, do_sample=False)
+        assert alone[0, -4:].tolist() == expected.tolist()
     peft_model.train()
     loss = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
     loss.backward()

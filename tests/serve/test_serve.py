@@ -4,15 +4,13 @@ browser for the chat page."""
 
 import json
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from real_clients import missing
+from serving import HELLO, KEY, reference
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -22,71 +20,7 @@ httpx = pytest.importorskip("httpx")
 from instructglm.templates import get_template  # noqa: E402
 from instructglm.generation import SamplingConfig  # noqa: E402
 from instructglm.config import load_config  # noqa: E402
-from instructglm.serve.app import ServeConfig, Server, build_server  # noqa: E402
-from instructglm.serve.routes import create_app  # noqa: E402
-
-KEY = "s3cret-key"
-HELLO = [{"role": "user", "content": "Who are you?"}]
-
-
-def make_adapter(base: str, out: Path, seed: int) -> str:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                                  init_lora_weights=False, task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(str(out))
-    (out / "instructglm.json").write_text(json.dumps({"base_model": base, "method": "lora", "template": "alpaca"}))
-    return str(out)
-
-
-@contextmanager
-def running(app):
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models, tmp_path_factory):
-    base = tiny_models("llama")
-    root = tmp_path_factory.mktemp("adapters")
-    a1, a2 = make_adapter(base, root / "a1", 1), make_adapter(base, root / "a2", 2)
-    srv = build_server(ServeConfig(model=base, adapter=[f"a1={a1}", f"a2={a2}"], max_messages=8,
-                                   max_body_bytes=20_000))
-    keyed = Server(srv.batcher, srv.templates, ServeConfig(model=base, api_key=KEY))
-    with running(create_app(srv)) as url, running(create_app(keyed)) as keyed_url:
-        yield {"server": srv, "url": url, "keyed_url": keyed_url,
-               "client": openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)}
-    srv.batcher.stop()
-
-
-def reference(srv, model: str, messages, max_new_tokens: int) -> str:
-    """What ``infer`` (Engine.generate, transformers' generate) answers, greedy, on the same weights."""
-    engine, m, template = srv.engine, srv.engine.model, get_template("alpaca")
-    prompt = engine.prompt_ids(template, messages)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens)
-    if model == "base":
-        with m.disable_adapter():
-            return engine.generate([prompt], sampling, template.stop)[0]
-    m.set_adapter(model)
-    return engine.generate([prompt], sampling, template.stop)[0]
+from instructglm.serve.app import ServeConfig, build_server  # noqa: E402
 
 
 def test_models_and_health(served):
@@ -415,7 +349,7 @@ def test_wave_matches_generate(tiny_models, arch):
     """Left-padded wave with KV cache, rows finishing at different times == transformers generate, row by row."""
     from instructglm.serve.batcher import Batcher, Delta, Done, GenRequest
 
-    srv = build_server(ServeConfig(model=tiny_models(arch)), start=False)
+    srv = build_server(ServeConfig(model=tiny_models(arch), scheduler="wave"), start=False)
     batcher, engine = srv.batcher, srv.engine
     template = get_template("alpaca")
     questions = ["Who are you?", "What is the capital of France? " * 3, "你是谁？", "Convert to uppercase: good morning"]

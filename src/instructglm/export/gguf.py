@@ -32,7 +32,7 @@ from typing import BinaryIO, Literal
 from instructglm.config import opt
 from instructglm.errors import UserError
 from instructglm.files import atomic_file
-from instructglm.runinfo import RunInfo, choose_template
+from instructglm.runinfo import RunInfo, adapter_info, choose_template
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def export(cfg: ExportConfig) -> dict:
     out = Path(cfg.output)
     if out.is_dir():
         raise UserError(f"-o {out}: is a directory; give a .gguf file name")
+    refuse_chatglm(cfg.model or adapter_info(cfg.adapter[0]).base_model)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Merged weights exist only while the GGUF file is written (beside it: same disk, large files).
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as scratch:
@@ -86,6 +87,24 @@ def export(cfg: ExportConfig) -> dict:
     log.info("wrote %s (%d tensors, %s) and %s", out, stats["tensors"], cfg.quant, mf)
     return {"output": str(out), "modelfile": str(mf), "quant": cfg.quant, "template": template,
             "size_mb": out.stat().st_size / 2**20, **stats}
+
+
+def refuse_chatglm(spec: str | None) -> None:
+    """One clear line for the ChatGLM family, before any merging (read from config.json only)."""
+    from instructglm.models.chatglm import chatglm_generation, chatglm_source, is_chatglm_v1_dir
+
+    path = Path(str(spec or ""))
+    if not path.is_dir():
+        return
+    if is_chatglm_v1_dir(path):
+        raise UserError(f"{spec}: ChatGLM-6B (v1) cannot be exported to GGUF: llama.cpp has no architecture "
+                        f"for it; use 'instructglm merge' for a merged model directory")
+    source = chatglm_source(path)
+    generation = source["generation"] if source else chatglm_generation(path)
+    if generation:
+        family = {2: "ChatGLM2-6B", 3: "ChatGLM3-6B", 4: "GLM-4"}.get(generation, "ChatGLM")
+        raise UserError(f"{spec}: GGUF export of {family} (llama.cpp's 'chatglm' architecture) is not "
+                        f"implemented yet; use 'instructglm merge' for a merged model directory")
 
 
 def _source_model(cfg: ExportConfig, scratch: Path) -> tuple[str, str, str | None]:

@@ -10,7 +10,9 @@ this module writes it out in the two template languages servers understand:
 * :func:`ollama_template` — a Go template for an Ollama ``Modelfile``.
 
 ``alpaca``, ``chatglm`` and template files are translated; ``model`` (the tokenizer's own chat
-template) is kept as it is. The GGUF writer itself lives in :mod:`instructglm.export.gguf`.
+template) is kept as it is; the ChatGLM family templates (``chatglm2``, ``chatglm3``, ``glm4``) are the
+chat templates of the converted tokenizers, which reproduce the official prompt ids. The GGUF writer
+itself lives in :mod:`instructglm.export.gguf`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def _pieces(tpl) -> dict | None:
     """A turn-based template as pieces: prefix, system, user ({round}, {content}), opening (the
     response prefix), separator (between rounds), suffix (closes a response), eos."""
     from instructglm import templates as T
+    from instructglm.template_files import FileTemplate
 
     if isinstance(tpl, T.AlpacaTemplate):  # the plain-chat part; the Input block is Jinja-only
         return {"prefix": "", "system": "{content}\n\n", "user": "### Instruction:\n{content}\n\n",
@@ -62,7 +65,7 @@ def _pieces(tpl) -> dict | None:
     if isinstance(tpl, T.ChatGLMTemplate):
         return {"prefix": "", "system": "{content}\n\n", "user": "[Round {round}]\n\n问：{content}",
                 "opening": tpl.opening, "separator": "\n\n", "suffix": "", "eos": True}
-    if isinstance(tpl, getattr(T, "FileTemplate", ())):
+    if isinstance(tpl, FileTemplate):
         return {"prefix": tpl.prefix, "system": tpl.system, "user": tpl.user, "opening": tpl.opening,
                 "separator": tpl.separator, "suffix": tpl.suffix, "eos": tpl.eos or not tpl.suffix}
     return None
@@ -87,8 +90,14 @@ def chat_template(template, tokenizer=None) -> str | None:
     tpl = _resolve(template, tokenizer)
     if isinstance(tpl, T.AlpacaTemplate):
         return _ALPACA_JINJA
-    if tpl.name == "model":
+    if tpl.name == "model" or tpl.name == "chatglm-6b":  # (ChatGLM-6B keeps its official tokenizer files)
         return None
+    if isinstance(tpl, (T.ChatGLM2Template, T.RoleTokenTemplate)):
+        from instructglm.models.chatglm import tokenizers as glm
+
+        # the chat templates our converted tokenizers carry: they render the official prompt ids
+        family = {"chatglm2": glm.CHATGLM2_TEMPLATE, "chatglm3": glm.CHATGLM3_TEMPLATE, "glm4": glm.GLM4_TEMPLATE}
+        return family[tpl.name]
     p = _pieces(tpl)
     if p is None:
         raise UserError(f"template '{tpl.name}': no chat template can be written for it")

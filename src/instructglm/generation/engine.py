@@ -10,8 +10,9 @@
   :class:`~instructglm.generation.text.TextStream` as they come, so the row stops at EOS or at a
   stop string and streamed text (``chat``) and whole answers (``infer``) are the same text;
 * :meth:`Engine.decode`: our own step-by-step loop over a KV cache with per-row sampling and rows
-  leaving the batch as they finish, for ``serve``'s scheduler (one step is the unit a continuous
-  batcher would interleave requests at).
+  leaving the batch as they finish, for ``serve``'s wave scheduler (``--scheduler wave``; the
+  default continuous scheduler steps a :class:`~instructglm.generation.batch.DecodeBatch`, where
+  rows also join mid-way).
 """
 
 from __future__ import annotations
@@ -47,6 +48,23 @@ class Row:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # temperature and top_p are used
     cancelled: Callable[[], bool] = lambda: False  # checked every step: the client went away
     on_end: Callable[[], None] = lambda: None  # called as soon as the row leaves the batch
+    adapter: str | None = None  # DecodeBatch with mixed adapters: this row's LoRA adapter (None: the base)
+
+
+def hand_out(rows: list[Row], tokens: list[int]) -> list[int]:
+    """Give each row its next token (a cancelled row ends instead); the indices of the rows still going.
+    A row that is over has its ``on_end`` called here, before the next step."""
+    keep = []
+    for j, (row, token) in enumerate(zip(rows, tokens)):
+        if row.cancelled():
+            row.stream.cancel()
+        else:
+            row.stream.push(token)
+        if row.stream.done:
+            row.on_end()
+        else:
+            keep.append(j)
+    return keep
 
 
 class _FeedStreams:
@@ -138,14 +156,7 @@ class Engine:
                                  use_cache=True, logits_to_keep=1)
                 cache = out.past_key_values
                 tokens = pick_next(out.logits[:, -1, :], temps, top_ps, generator).tolist()
-                for row, token in zip(live, tokens):
-                    if row.cancelled():
-                        row.stream.cancel()
-                    else:
-                        row.stream.push(token)
-                    if row.stream.done:
-                        row.on_end()
-                keep = [j for j, row in enumerate(live) if not row.stream.done]
+                keep = hand_out(live, tokens)
                 if not keep:
                     break
                 if len(keep) < len(live):

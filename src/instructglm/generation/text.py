@@ -54,51 +54,58 @@ class Detokenizer:
 
 class StopText:
     """Decides which part of the growing answer can be shown: nothing from a stop string on, never
-    a tail that may still become a stop string, and with ``strip`` no surrounding whitespace."""
+    a tail that may still become a stop string, and with ``strip`` no surrounding whitespace.
+
+    Each piece costs time for the piece and the stop strings only, never for the answer so far:
+    stop strings are searched for where the new piece could complete one, and what is shown is
+    tracked as an end index into the answer.
+    """
 
     def __init__(self, stops=(), strip: bool = False):
         self.stops = tuple(s for s in stops if s)
+        self.reach = max((len(s) for s in self.stops), default=1) - 1  # a stop may start this far back
         self.strip = strip
-        self.text = ""  # everything received
+        self.body = ""  # everything received (with ``strip``, from the first non-blank character)
         self.shown = 0  # length of the answer shown so far
         self.stopped = False
-
-    @property
-    def body(self) -> str:
-        return self.text.lstrip() if self.strip else self.text
 
     def feed(self, piece: str) -> str:
         """The part of the answer that can be shown now that ``piece`` has arrived."""
         if self.stopped:
             return ""
-        self.text += piece
-        body = self.body
-        hits = [at for at in (body.find(s) for s in self.stops) if at >= 0]
+        if self.strip and not self.body:
+            piece = piece.lstrip()
+        before = len(self.body)
+        self.body += piece
+        body, since = self.body, max(0, before - self.reach)
+        hits = [at for at in (body.find(s, since) for s in self.stops) if at >= 0]
         if hits:
             self.stopped = True
-            return self._show(body[:min(hits)])
+            return self._show(min(hits))
         end = len(body)
         for s in self.stops:  # the tail could be the beginning of a stop string
             for k in range(min(len(s) - 1, end), 0, -1):
-                if body[:end].endswith(s[:k]):
+                if body.endswith(s[:k], 0, end):
                     end -= k
                     break
-        return self._show(body[:end])
+        return self._show(end)
 
     def finish(self) -> str:
         """The rest of the answer once nothing more will come."""
         if self.stopped:
             return ""
         self.stopped = True
-        return self._show(self.body)
+        return self._show(len(self.body))
 
-    def _show(self, visible: str) -> str:
+    def _show(self, end: int) -> str:
+        body = self.body
         if self.strip:  # whitespace is shown only once text follows it
-            visible = visible.rstrip()
-        if len(visible) <= self.shown:
+            while end > self.shown and body[end - 1].isspace():
+                end -= 1
+        if end <= self.shown:
             return ""
-        out = visible[self.shown:]
-        self.shown = len(visible)
+        out = body[self.shown:end]
+        self.shown = end
         return out
 
     @property

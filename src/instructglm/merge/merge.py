@@ -12,13 +12,15 @@ The written files are then read back and must reproduce the checked model.
 
 The output directory holds safetensors shards, config, the tokenizer with a ``chat_template``
 that reproduces the training template, ``instructglm.json`` and a model card ``README.md``
-(:mod:`instructglm.merge.card`).
+(:mod:`instructglm.merge.card`). A ChatGLM base keeps its official layout unless ``--layout native``
+(:mod:`instructglm.merge.layouts`); its own tokenizer files are then copied instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +28,7 @@ from typing import Literal
 from instructglm.config import opt
 from instructglm.errors import UserError
 from instructglm.files import atomic_dir, read_json
+from instructglm.merge.layouts import check_layout, loadable, original_of, write_original
 from instructglm.runinfo import RunInfo, adapter_info, choose_template
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class MergeConfig:
                    "model's stored dtype")
     max_shard_size: str = opt("2GB", help="largest safetensors shard")
     tolerance: float = opt(1e-3, help="largest allowed |logit difference| between merged and base+adapter")
+    layout: Literal["original", "native"] = opt(
+        "original", help="original: the layout the base model was read in (a ChatGLM checkpoint keeps its "
+                         "official layout); native: transformers' own (ChatGLM2/3, GLM-4: the glm architecture)")
 
 
 @dataclass
@@ -156,13 +162,13 @@ def cast(model, dtype, probe: Probe, merged_logits):
     return model.to(dtype), reference, change
 
 
-def _check_readback(folder: Path, probe: Probe, reference, tolerance: float) -> float:
+def _check_readback(folder: str, probe: Probe, reference, tolerance: float) -> float:
     """The written files themselves must reproduce the checked model."""
     import torch
 
     from instructglm.models.loading import load_model
 
-    reloaded = load_model(str(folder), dtype=torch.float32).eval()
+    reloaded = load_model(folder, dtype=torch.float32).eval()
     diff = probe.max_diff(probe.logits(reloaded), reference)
     if diff > tolerance:
         raise UserError(f"merge check failed: the written model's logits differ from the merged model by "
@@ -187,6 +193,7 @@ def merge(cfg: MergeConfig) -> dict:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: output exists and is not an empty directory")
     path = resolve_model(model_spec)
+    original = check_layout(cfg.layout, original_of(path))
     save_dtype = _save_dtype(cfg, path)
     tokenizer = load_tokenizer(path)
     jinja = chat_template(template, tokenizer)  # before the work: an unusable template fails now
@@ -200,18 +207,22 @@ def merge(cfg: MergeConfig) -> dict:
     check = {"max_abs_logit_diff": max(s["max_abs_logit_diff"] for s in steps), "tolerance": cfg.tolerance,
              "readback_diff": 0.0, "adapter_effect": probe.max_diff(merged_logits, base_logits),
              "dtype": str(save_dtype).replace("torch.", ""), "cast_logit_diff": cast_diff, "steps": steps}
-    with atomic_dir(out) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.max_shard_size)
-        check["readback_diff"] = _check_readback(tmp, probe, reference, cfg.tolerance)
-        tokenizer.padding_side = "right"
-        if jinja is not None:  # (the 'model' template is the tokenizer's own already)
-            tokenizer.chat_template = jinja
-        tokenizer.save_pretrained(tmp)
+    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".readback-", dir=out.parent) as scratch:
+        if original:  # the original's own tokenizer files come with it (its chat format included)
+            write_original(merged, original, tmp, save_dtype, cfg.max_shard_size)
+        else:
+            merged.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.max_shard_size)
+            tokenizer.padding_side = "right"
+            if jinja is not None:  # (the 'model' template is the tokenizer's own already)
+                tokenizer.chat_template = jinja
+            tokenizer.save_pretrained(tmp)
+        readback = loadable(tmp, original, Path(scratch))
+        check["readback_diff"] = _check_readback(readback, probe, reference, cfg.tolerance)
         merged_info(chain, model_spec, template, check).save(tmp)
         (tmp / "README.md").write_text(model_card(model_spec, chain, template, check, len(PROBES)), encoding="utf-8")
     log.info("merged %s into %s -> %s (max |logit diff| %.2e vs base+adapters, which changed logits by %.2e)",
              ", ".join(adapters), model_spec, out, check["max_abs_logit_diff"], check["adapter_effect"])
-    return {"output": str(out), "template": template,
+    return {"output": str(out), "template": template, "layout": original.family if original else "transformers",
             **{k: check[k] for k in ("max_abs_logit_diff", "adapter_effect", "tolerance", "readback_diff", "dtype",
                                      "cast_logit_diff", "steps")}}
 

@@ -15,11 +15,12 @@ error is an OpenAI-style JSON body, never a traceback.
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from instructglm.config import opt
 from instructglm.errors import UserError
 from instructglm.generation.engine import Engine
-from instructglm.serve.batcher import BASE, Batcher
+from instructglm.serve.batcher import BASE, Batcher, Scheduler
 from instructglm.serve.protocol import APIError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ class ServeConfig:
     api_key: str | None = opt(None, help="require 'Authorization: Bearer KEY' on every API route "
                                          "(or set INSTRUCTGLM_API_KEY)")
     max_batch_size: int = opt(16, help="requests generated together in one batch")
+    scheduler: Literal["continuous", "wave"] = opt("continuous", help="continuous: requests join the running batch "
+                                                   "at the next step; wave: the old per-wave batcher (comparison)")
+    prefill_tokens: int = opt(512, help="continuous scheduler: prompt tokens of newcomers fed per step")
     default_max_tokens: int = opt(256, help="max_tokens when a request does not say")
     max_messages: int = opt(256, help="most messages in one chat request")
     max_body_bytes: int = opt(1_000_000, help="largest request body")
@@ -42,7 +46,8 @@ class ServeConfig:
     seed: int = opt(0, help="sampling seed")
 
     def validate(self) -> None:
-        for name in ("port", "max_batch_size", "default_max_tokens", "max_messages", "max_body_bytes", "max_queue"):
+        for name in ("port", "max_batch_size", "default_max_tokens", "max_messages", "max_body_bytes", "max_queue",
+                     "prefill_tokens"):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise UserError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
         if self.api_key is not None and not self.api_key.strip():
@@ -52,7 +57,7 @@ class ServeConfig:
 class Server:
     """The model-side state of one ``serve`` process: the batcher over the engine, templates, limits."""
 
-    def __init__(self, batcher: Batcher, templates: dict, cfg: ServeConfig, model_name: str = ""):
+    def __init__(self, batcher: Scheduler, templates: dict, cfg: ServeConfig, model_name: str = ""):
         self.batcher, self.templates, self.cfg, self.model_name = batcher, templates, cfg, model_name
         self.engine: Engine = batcher.engine
         self.context = self.engine.context_length()
@@ -86,11 +91,22 @@ def build_server(cfg: ServeConfig, start: bool = True) -> Server:
         templates[BASE] = get_template(choose_template(cfg.template, {}), tokenizer)
     for name, trained in trained_templates(adapters).items():  # each adapter is prompted its own way
         templates[name] = get_template(choose_template(None, {name: trained}), tokenizer)
-    batcher = Batcher(Engine(model, tokenizer), names if hasattr(model, "set_adapter") else [],
-                      max_batch=cfg.max_batch_size, seed=cfg.seed)
+    batcher = make_scheduler(cfg, Engine(model, tokenizer), names if hasattr(model, "set_adapter") else [])
     if start:
         batcher.start()
     return Server(batcher, templates, cfg, cfg.model or "")
+
+
+def make_scheduler(cfg: ServeConfig, engine: Engine, adapters: list[str]) -> Scheduler:
+    """The scheduler ``--scheduler`` asks for; wave where the model cannot be batched continuously."""
+    from instructglm.serve.continuous import ContinuousBatcher, why_not_continuous
+
+    if cfg.scheduler == "continuous":
+        reason = why_not_continuous(engine)
+        if reason is None:
+            return ContinuousBatcher(engine, adapters, cfg.max_batch_size, cfg.seed, cfg.prefill_tokens)
+        log.warning("--scheduler continuous: not for this model (%s); using the wave scheduler", reason)
+    return Batcher(engine, adapters, max_batch=cfg.max_batch_size, seed=cfg.seed)
 
 
 def serve(cfg: ServeConfig) -> None:

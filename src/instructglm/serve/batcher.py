@@ -1,6 +1,9 @@
-"""``serve``'s scheduler: one thread owns the model and runs waiting requests in waves on the engine.
+"""``serve``'s schedulers: one thread owns the model; :class:`Scheduler` is what both share.
 
-Requests are put on a queue from any thread. The batcher thread takes every waiting request (up to
+Two schedulers run requests on the engine: :class:`~instructglm.serve.continuous.ContinuousBatcher`
+(the default: requests join the running batch at any step) and the wave :class:`Batcher` here, kept
+behind ``serve --scheduler wave`` for comparison. Requests are put on a queue from any thread. The
+wave batcher thread takes every waiting request (up to
 ``max_batch``, after a short gathering window so that requests sent together land in one wave),
 groups them by adapter and hands each group to :meth:`Engine.decode
 <instructglm.generation.engine.Engine.decode>`, which decodes the wave step by step over one KV
@@ -17,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -24,6 +28,7 @@ from instructglm.generation.engine import Engine, Row
 from instructglm.generation.sampling import SamplingConfig
 from instructglm.generation.text import TextStream
 from instructglm.models.adapters import BASE
+from instructglm.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +62,39 @@ class GenRequest:
     ignore_eos: bool = False
     sink: Callable[[Event], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    arrived: float = field(default_factory=time.monotonic)
+    first_at: float | None = None  # when its first text was shown (metrics)
+    last_at: float = 0.0  # when its latest text was shown
 
     def cancel(self) -> None:
         self.cancelled.set()
 
 
-class Batcher:
-    """Owns the engine's model; ``submit`` requests from any thread, ``start``/``stop`` the worker."""
+class Scheduler:
+    """Owns the engine's model; ``submit`` requests from any thread, ``start``/``stop`` the worker.
 
-    def __init__(self, engine: Engine, adapters: list[str] | None = None, max_batch: int = 16,
-                 gather_ms: float = 5.0, seed: int = 0):
+    ``adapters``: the adapters attached to the model; ``stats`` are read by tests and ``/metrics``.
+    """
+
+    name = "scheduler"
+
+    def __init__(self, engine: Engine, adapters: list[str] | None = None, max_batch: int = 16, seed: int = 0):
         import torch
 
         self.engine = engine
         self.adapters = list(adapters or [])
-        self.max_batch, self.gather_s = max(1, max_batch), gather_ms / 1000
+        self.max_batch = max(1, max_batch)
         self.rng = torch.Generator(device="cpu").manual_seed(seed)
+        self.metrics = Metrics()
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.stats = {"requests": 0, "batches": 0, "max_batch": 0, "cancelled": 0, "active": 0, "errors": 0}
 
     # -- public -------------------------------------------------------------------------------
-    def start(self) -> "Batcher":
+    def start(self) -> "Scheduler":
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="instructglm-batcher", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name=f"instructglm-{self.name}", daemon=True)
             self._thread.start()
         return self
 
@@ -95,6 +109,42 @@ class Batcher:
 
     def pending(self) -> int:
         return self._queue.qsize() + self.stats["active"]
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _row(self, req: GenRequest) -> Row:
+        """The engine row of ``req``: its text goes to the request's sink, its end is counted and logged."""
+        engine, metrics = self.engine, self.metrics
+        stream = TextStream(engine.tokenizer, req.stops, req.strip, None if req.ignore_eos else engine.eos,
+                            req.sampling.max_new_tokens, on_text=lambda text: (metrics.text(req, time.monotonic()),
+                                                                             req.sink(Delta(text))))
+
+        def end() -> None:
+            if stream.reason == "cancelled":
+                self.stats["cancelled"] += 1
+            else:
+                self.stats["requests"] += 1
+            metrics.finished(req, stream.reason, stream.tokens, time.monotonic())
+            req.sink(Done(stream.reason, stream.tokens))
+
+        return Row(req.prompt_ids, stream, req.sampling, req.cancelled.is_set, end,
+                   None if req.adapter == BASE else req.adapter)
+
+
+class Batcher(Scheduler):
+    """The wave scheduler (``--scheduler wave``): waiting requests run together, grouped by adapter,
+    and newcomers wait for the whole wave."""
+
+    name = "wave"
+
+    def __init__(self, engine: Engine, adapters: list[str] | None = None, max_batch: int = 16,
+                 gather_ms: float = 5.0, seed: int = 0):
+        super().__init__(engine, adapters, max_batch, seed)
+        self.gather_s = gather_ms / 1000
 
     # -- worker -------------------------------------------------------------------------------
     def _gather(self, first: GenRequest) -> tuple[list[GenRequest], bool]:
@@ -144,18 +194,6 @@ class Batcher:
         model.set_adapter(name)
         return contextlib.nullcontext()
 
-    def _row(self, req: GenRequest) -> Row:
-        engine = self.engine
-        stream = TextStream(engine.tokenizer, req.stops, req.strip, None if req.ignore_eos else engine.eos,
-                            req.sampling.max_new_tokens, on_text=lambda text: req.sink(Delta(text)))
-
-        def end() -> None:
-            if stream.reason == "cancelled":
-                self.stats["cancelled"] += 1
-            req.sink(Done(stream.reason, stream.tokens))
-
-        return Row(req.prompt_ids, stream, req.sampling, req.cancelled.is_set, end)
-
     def _run(self, adapter: str, reqs: list[GenRequest]) -> None:
         waiting = [r for r in reqs if not r.cancelled.is_set()]  # gone before their turn: nothing to send
         self.stats["cancelled"] += len(reqs) - len(waiting)
@@ -165,4 +203,3 @@ class Batcher:
         self.stats["max_batch"] = max(self.stats["max_batch"], len(waiting))
         with self._adapter(adapter):
             self.engine.decode([self._row(r) for r in waiting], self.rng)
-        self.stats["requests"] += len(waiting)

@@ -8,7 +8,6 @@ waiting for a whole answer) cancels its request so the row leaves the batch at t
 import asyncio
 import json
 import time
-import uuid
 
 from instructglm.serve.batcher import Delta, Done, Failed, GenRequest
 from instructglm.serve.protocol import APIError, flag
@@ -19,7 +18,7 @@ class Reply:
 
     def __init__(self, req: GenRequest, chat: bool):
         self.req, self.chat = req, chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.id = ("chatcmpl-" if chat else "cmpl-") + req.id
         self.created, self.model = int(time.time()), req.adapter
 
     def usage(self, tokens: int) -> dict:

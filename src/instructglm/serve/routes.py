@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from instructglm.serve.app import Server
@@ -67,6 +67,13 @@ async def index():
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
 
+async def metrics(request: Request):
+    batcher = _server(request).batcher
+    queued = batcher.queued()
+    text = batcher.metrics.render(queued, batcher.pending() - queued)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
 async def list_models(request: Request):
     server = _server(request)
     return {"object": "list", "data": [server.model_card(name) for name in server.templates]}
@@ -90,10 +97,11 @@ async def completions(request: Request):
 
 # ---------------------------------------------------------------------------------------- errors
 class _CatchAll:
-    """Outermost handler for bugs: log the traceback, answer a clean JSON 500 (no traceback leaves)."""
+    """Outermost handler for bugs: log the traceback, answer a clean JSON 500 (no traceback leaves);
+    it also counts the API's answers by status for ``/metrics``."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -104,6 +112,8 @@ class _CatchAll:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if scope.get("path", "").startswith("/v1/"):
+                    self.metrics.status(message["status"])
             await send(message)
 
         try:
@@ -112,7 +122,7 @@ class _CatchAll:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 body = APIError(500, "internal server error", type_="server_error").body()
-                await JSONResponse(body, status_code=500)(scope, receive, send)
+                await JSONResponse(body, status_code=500)(scope, receive, _send)
 
 
 async def _api_error(request: Request, exc: APIError):
@@ -135,10 +145,11 @@ def create_app(server: Server) -> FastAPI:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_middleware(_CatchAll)
+    app.add_middleware(_CatchAll, metrics=server.batcher.metrics)
     keyed = [Depends(require_key)]
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=keyed)
     app.add_api_route("/v1/models", list_models, methods=["GET"], dependencies=keyed)
     app.add_api_route("/v1/models/{name}", get_model, methods=["GET"], dependencies=keyed)
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], dependencies=keyed)

@@ -52,8 +52,9 @@ class TokenizeConfig:
     input: str = opt(help="canonical JSONL file (from 'instructglm convert')", aliases=("--jsonl_path", "--data_path"))
     output: str = opt(help="output dataset directory", aliases=("-o", "--save_path"))
     model: str = opt("gemma3-270m", help="model whose tokenizer to use")
-    template: str = opt(DEFAULT_TEMPLATE, help="prompt template: alpaca, chatglm, model (the tokenizer's chat "
-                        "template) or a .yaml/.json template file")
+    template: str = opt(DEFAULT_TEMPLATE, help="prompt template: alpaca, chatglm, chatglm-6b, chatglm2, chatglm3, "
+                        "glm4, model (the tokenizer's chat template), auto (the model family's own) or a "
+                        ".yaml/.json template file")
     max_seq_length: int = opt(512, help="maximum tokens per row", aliases=("--max_seq_length",))
     overlength: Literal["skip", "truncate", "fail"] = opt("skip", help="what to do with rows longer than "
                                                           "max_seq_length")
@@ -114,7 +115,8 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
         raise UserError(f"{out}: exists and is not a tokenized dataset; choose another output directory")
 
     source_sha = file_sha256(src)
-    template_name = None if cfg.template == "model" else get_template(cfg.template).name
+    # model/auto: the name is known once the tokenizer is loaded
+    template_name = None if cfg.template in ("model", "auto") else get_template(cfg.template).name
     model_path = resolve_model(cfg.model) if tokenizer is None else None
     tok_files = dataset_manifest.tokenizer_files(model_path) if model_path else None
 

@@ -9,6 +9,7 @@
 from instructglm.models.chatglm.glm2 import (
     chatglm_generation,
     chatglm_source,
+    copy_side_files,
     convert_chatglm2,
     is_chatglm2_dir,
     prepare_chatglm2,
@@ -27,5 +28,6 @@ from instructglm.models.chatglm.v1 import (
 
 __all__ = ["ChatGLMv1Config", "ChatGLMv1ForCausalLM", "ChatGLMv1Model", "ChatGLMv1Tokenizer",
            "is_chatglm_v1_dir", "load_chatglm_v1", "load_chatglm_v1_tokenizer",
-           "chatglm_generation", "chatglm_source", "convert_chatglm2", "is_chatglm2_dir", "prepare_chatglm2",
+           "chatglm_generation", "chatglm_source", "copy_side_files", "convert_chatglm2", "is_chatglm2_dir",
+           "prepare_chatglm2",
            "to_chatglm_layout", "write_chatglm_checkpoint"]

@@ -356,14 +356,19 @@ class ChatGLMv1ForCausalLM(ChatGLMv1PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, inputs_embeds=None,
                                       use_cache=True, past_key_values=None, **kwargs):
         """Only the tokens the cache lacks go in; the model lays out the prompt itself and continues
-        the positions from the cache afterwards (see ChatGLMv1Model._layout)."""
+        the positions from the cache afterwards (see ChatGLMv1Model._layout).
+
+        The cache goes out as ``past_key_values``, where PEFT's prefix tuning (P-Tuning v2) looks for
+        it: an empty one is replaced by the trained prefix. A cache that holds such a prefix is longer
+        than the ids it has seen, so once it is at least as long as ``input_ids`` only the newest id is new."""
         cache = cache if cache is not None else past_key_values
         past_len = cache.get_seq_length() if cache is not None else 0
-        inputs = {"input_ids": input_ids[:, past_len:], "attention_mask": attention_mask, "cache": cache,
+        new = input_ids[:, -1:] if 0 < input_ids.shape[1] <= past_len else input_ids[:, past_len:]
+        inputs = {"input_ids": new, "attention_mask": attention_mask, "past_key_values": cache,
                   "use_cache": use_cache}
         if inputs_embeds is not None and past_len == 0:
             inputs["inputs_embeds"] = inputs_embeds
         for key in ("position_ids", "output_attentions", "output_hidden_states", "logits_to_keep"):
             if kwargs.get(key) is not None:
-                inputs[key] = kwargs[key][..., past_len:] if key == "position_ids" else kwargs[key]
+                inputs[key] = kwargs[key][..., -new.shape[1]:] if key == "position_ids" else kwargs[key]
         return inputs

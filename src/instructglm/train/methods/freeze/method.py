@@ -31,7 +31,7 @@ def load_into(model, path: Path) -> None:
     if not path.is_file():
         raise UserError(f"{path}: not found")
     state = load_file(str(path))
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied head under either name
     missing = [k for k in state if k not in params]
     if missing:
         raise UserError(f"{path}: weights do not fit this model (e.g. {missing[0]})")
@@ -73,8 +73,12 @@ class FreezeMethod(TuningMethod):
     def save(self, model, directory: str | Path, state: dict | None = None) -> None:
         from safetensors.torch import save_file
 
+        frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
         if state is None:
             state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        # torch's gathered state also lists a head tied to a frozen embedding (e.g. ChatGLM-6B's):
+        # drop it, or a vocabulary-sized copy is saved and refused when loaded
+        state = {k: v for k, v in state.items() if k not in frozen}
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(directory) / WEIGHTS),
                   metadata={"format": "pt"})
 

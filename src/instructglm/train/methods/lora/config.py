@@ -16,8 +16,8 @@ class LoraOptions:
     rank: int = opt(8, help="LoRA rank r", aliases=("--lora_rank",))
     alpha: float = opt(16.0, help="LoRA alpha (scaling = alpha / r)", aliases=("--lora_alpha",))
     dropout: float = opt(0.05, help="dropout on the LoRA input", aliases=("--lora_dropout",))
-    target: str = opt("all-linear", help="modules to adapt: all-linear or comma-separated names "
-                      "(e.g. query_key_value for ChatGLM-6B)")
+    target: str = opt("auto", help="modules to adapt: auto (query_key_value on ChatGLM-6B, as ChatGLM-Tuning; "
+                      "all-linear on other models), all-linear, or comma-separated names (e.g. q_proj,v_proj)")
     modules_to_save: str = opt("", help="comma-separated modules trained in full besides LoRA (e.g. lm_head)")
     rslora: bool = opt(False, help="rank-stabilised LoRA scaling (alpha / sqrt(r))")
     dora: bool = opt(False, help="weight-decomposed LoRA (DoRA)")

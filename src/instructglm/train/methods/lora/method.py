@@ -1,8 +1,9 @@
 """LoRA through PEFT: low-rank adapters on the chosen linear layers, base weights frozen.
 
-``lora_target`` is ``all-linear`` by default (every linear layer of the transformer blocks, not the
-LM head), which suits every supported family (LLaMA, Qwen2/3, Gemma 3, GLM/GLM-4). Named modules
-work too, e.g. ``query_key_value`` for legacy ChatGLM-6B checkpoints or ``q_proj,v_proj``.
+``lora_target`` is ``auto`` by default: ``query_key_value`` on ChatGLM-6B (the fused attention
+projection ChatGLM-Tuning and InstructGLM's original recipes adapted), ``all-linear`` on every other
+family (every linear layer of the transformer blocks, not the LM head: LLaMA, Qwen2/3, Gemma 3, GLM,
+ChatGLM2/3 and GLM-4 as converted). Named modules work too, e.g. ``q_proj,v_proj``.
 rsLoRA (``lora_rslora``) and DoRA (``lora_dora``) are PEFT switches.
 """
 
@@ -20,6 +21,15 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _targets(model, target: str) -> str | list[str]:
+    """PEFT's ``target_modules`` for ``lora_target`` (``auto`` chosen by the model's family)."""
+    if target == "auto":
+        from instructglm.models.chatglm import ChatGLMv1Config
+
+        target = "query_key_value" if isinstance(model.config, ChatGLMv1Config) else "all-linear"
+    return target if target == "all-linear" else _names(target)
+
+
 @register
 class LoraMethod(PeftAdapterMethod):
     NAME = "lora"
@@ -30,7 +40,7 @@ class LoraMethod(PeftAdapterMethod):
 
         target = options.target
         config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                            target_modules=target if target == "all-linear" else _names(target),
+                            target_modules=_targets(model, target),
                             modules_to_save=_names(options.modules_to_save) or None, use_rslora=options.rslora,
                             use_dora=options.dora, task_type="CAUSAL_LM")
         try:
