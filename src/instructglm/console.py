@@ -39,6 +39,20 @@ def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
 
+def _not_the_cpu_notice(record: logging.LogRecord) -> bool:
+    return "Setting accelerator to CPU" not in record.getMessage()
+
+
+def drop_deepspeed_cpu_notice() -> None:
+    """Drop DeepSpeed's "Setting accelerator to CPU" line, also when ``train()`` is called from Python
+    without :func:`setup`: accelerate imports DeepSpeed whenever it is installed (e.g. to unwrap a
+    model), and on a CPU-only machine that import prints this line from DeepSpeed's own logger,
+    which has its own handler and resets its level (a filter survives that)."""
+    logger = logging.getLogger("DeepSpeed")
+    if _not_the_cpu_notice not in logger.filters:
+        logger.addFilter(_not_the_cpu_notice)
+
+
 def setup(quiet: bool = False, verbose: bool = False) -> None:
     """Our log format and level; the libraries quiet unless ``verbose``."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,

@@ -14,23 +14,11 @@ the training loop lives here, so ``recipe.py`` reads the same for all of them:
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 
+from instructglm.console import drop_deepspeed_cpu_notice
 from instructglm.errors import UserError
-
-
-class _NoCpuNotice(logging.Filter):
-    """Drops DeepSpeed's "Setting accelerator to CPU" warning. accelerate imports DeepSpeed whenever it
-    is installed (e.g. to unwrap a model), and on a CPU-only machine that import prints this line
-    from DeepSpeed's own logger, which has its own handler and ignores the level we set."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Setting accelerator to CPU" not in record.getMessage()
-
-
-_NO_CPU_NOTICE = _NoCpuNotice()
 
 
 def _to_cpu(tree):
@@ -71,9 +59,7 @@ class DistributedBackend:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-        deepspeed_log = logging.getLogger("DeepSpeed")  # a filter survives DeepSpeed resetting the level
-        if _NO_CPU_NOTICE not in deepspeed_log.filters:
-            deepspeed_log.addFilter(_NO_CPU_NOTICE)
+        drop_deepspeed_cpu_notice()
 
         kwargs = {"mixed_precision": mixed_precision}
         if not torch.cuda.is_available():
