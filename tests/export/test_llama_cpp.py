@@ -40,8 +40,8 @@ def probe() -> Path:
     return PROBE
 
 
-def run_probe(probe: Path, gguf: Path) -> dict:
-    done = subprocess.run([str(probe), str(gguf), str(NEW_TOKENS), "--text", PROMPT],
+def run_probe(probe: Path, gguf: Path, prompt: str = PROMPT) -> dict:
+    done = subprocess.run([str(probe), str(gguf), str(NEW_TOKENS), "--text", prompt],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"llama.cpp could not run {gguf.name}:\n{done.stderr[-3000:]}"
     lines = [line.split() for line in done.stdout.splitlines()]
@@ -105,3 +105,51 @@ def test_llama_cpp_runs_the_exported_file_like_transformers(arch, tmp_path, expo
     # the fixed tiny models have no near-tie on this path (smallest margin 0.06 for llama, f16 error 0.02);
     # the margins in the message tell a real difference from a tie after a model change
     assert got["greedy"] == want, f"argmax margins of transformers along its path: {margins}"
+
+
+# Chinese and English, a tab, runs of spaces and newlines: the tokenizer's whitespace handling travels too
+CHAT = [{"role": "system", "content": "你是一个助手。  Answer briefly."},
+        {"role": "user", "content": "把下面的句子翻译成英文：今天天气很好。\n\tdef add(a, b):\n    return a + b"}]
+
+
+@pytest.mark.parametrize("gen,layout", [("v2", "original"), ("v3", "original"), ("v3", "native"),
+                                        ("glm4", "original"), ("glm4", "native")])
+def test_llama_cpp_runs_a_merged_chatglm_like_instructglm(gen, layout, tmp_path, probe):
+    """A tiny ChatGLM2/3/GLM-4 checkpoint, LoRA merged in its original or transformers' layout, exported:
+    llama.cpp tokenizes the family's chat prompt into our ids and computes our model's logits."""
+    import json
+
+    from chatglm2_tiny import make_tiny_checkpoint
+    from chatglm_adapters import make_chatglm_adapter
+
+    from instructglm.models.loading import load_model, load_tokenizer
+
+    base = make_tiny_checkpoint(tmp_path / "base", gen)
+    family = {"v2": "chatglm2", "v3": "chatglm3", "glm4": "glm4"}[gen]
+    adapter = make_chatglm_adapter(str(base), tmp_path / "adapter", family)
+    merged, out = tmp_path / "merged", tmp_path / f"{gen}.gguf"
+    assert main(["-q", "merge", "--adapter", adapter, "-o", str(merged), "--layout", layout]) == 0
+    model_type = json.loads((merged / "config.json").read_text())["model_type"]
+    assert model_type == ("chatglm" if layout == "original" else "glm")
+    assert main(["-q", "export", "--model", str(merged), "-o", str(out)]) == 0
+
+    tokenizer = load_tokenizer(str(merged))
+    chat = CHAT if gen != "v2" else CHAT[1:]  # ChatGLM2's chat template has no system turn
+    prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert prompt.startswith("[gMASK]<sop>")
+    got = run_probe(probe, out, prompt)
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    assert got["tokens"] == ids  # [gMASK], <sop>, role tokens, byte pieces for tab/newline: all the same
+    model = load_model(str(merged), dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits[0].float()
+    scale = expected.abs().max()
+    assert (got["logits"] - expected).abs().max() < 0.01 * scale  # f16 weights (measured: about 0.3%)
+
+    # llama.cpp's greedy path, followed in our model: every token it chose is our argmax up to the
+    # f16 rounding (two near-tied tokens may swap, so a strict equality would test the rounding)
+    path = ids + got["greedy"]
+    with torch.no_grad():
+        rows = model(input_ids=torch.tensor([path])).logits[0, len(ids) - 1:-1].float()
+    chosen = rows[torch.arange(len(got["greedy"])), torch.tensor(got["greedy"])]
+    assert (rows.max(-1).values - chosen).max() < 0.01 * scale, (got["greedy"], rows.argmax(-1).tolist())

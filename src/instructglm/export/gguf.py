@@ -9,21 +9,24 @@ Supported architectures (transformers ``model_type`` -> GGUF architecture):
 * ``qwen2`` -> ``qwen2`` (half rotation in llama.cpp too: no permutation; Q/K/V biases kept).
 * ``gemma3_text`` -> ``gemma3``. Gemma's RMSNorm scales by ``1 + weight``; llama.cpp scales by the
   stored weight, so 1 is added to every norm weight.
+* ``glm`` -> ``chatglm``: ChatGLM2-6B, ChatGLM3-6B and GLM-4-9B-chat, which InstructGLM loads as
+  transformers' ``glm`` model (:mod:`instructglm.models.chatglm`), whether the user's directory is in
+  their original layout (converted, cached) or the native one. Both rotate interleaved pairs of the
+  first ``partial_rotary_factor`` of each head (``rope.dimension_count``), so no permutation; Q/K/V are
+  written apart with their biases, ``gate_up_proj`` is llama.cpp's fused ``ffn_up`` as it is.
+  ChatGLM-6B (v1) has no llama.cpp architecture and is refused in one line.
 
 Tensor names come from ``gguf.get_tensor_name_map`` (``token_embd``, ``blk.N.attn_q``, ...,
 ``output_norm``, ``output``; ``output`` is left out when the embeddings are tied). Weights are
 stored as f16 (norms and other 1-D tensors stay f32) or Q8_0 (2-D weights whose rows split into
-32-value blocks). The tokenizer goes in as GGUF metadata: tokens, token types, merges (byte-level
-BPE, ``tokenizer.ggml.model = gpt2``) or scores (SentencePiece-style BPE with byte fallback,
-``llama``), the BOS/EOS/PAD ids and the chat template of the training template. An Ollama
-``Modelfile`` is written next to the GGUF file.
+32-value blocks). The tokenizer goes in as GGUF metadata (:mod:`instructglm.export.vocab`), with the
+chat template of the training template. An Ollama ``Modelfile`` is written next to the GGUF file.
+Neither replaces an existing file unless ``--force`` is given.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +39,7 @@ from instructglm.runinfo import RunInfo, adapter_info, choose_template
 
 log = logging.getLogger(__name__)
 
-ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "gemma3_text": "GEMMA3"}
-
-# Pre-tokenizer split patterns llama.cpp knows by name (its tokenizer.ggml.pre values).
-_PRE_PATTERNS = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "llama-bpe",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "qwen2",
-}
+ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "gemma3_text": "GEMMA3", "glm": "CHATGLM"}
 
 
 @dataclass
@@ -55,7 +50,8 @@ class ExportConfig:
     format: Literal["gguf"] = opt("gguf", help="output format")
     quant: Literal["f16", "q8_0"] = opt("f16", help="weight type: f16, or q8_0 (8-bit blocks of 32)")
     template: str | None = opt(None, help="prompt template for the chat template and Modelfile; "
-                               "default: the adapter's, else alpaca")
+                               "default: the adapter's, else the ChatGLM family's own, else alpaca")
+    force: bool = opt(False, help="replace an existing output file and the Modelfile next to it")
 
     def validate(self) -> None:
         if not self.model and not self.adapter:
@@ -69,19 +65,21 @@ def export(cfg: ExportConfig) -> dict:
     from instructglm.models.loading import load_tokenizer
 
     out = Path(cfg.output)
+    mf = out.parent / "Modelfile"
     if out.is_dir():
         raise UserError(f"-o {out}: is a directory; give a .gguf file name")
-    refuse_chatglm(cfg.model or adapter_info(cfg.adapter[0]).base_model)
+    refuse_existing(out, mf, cfg.force)
+    refuse_chatglm_v1(cfg.model or adapter_info(cfg.adapter[0]).base_model)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Merged weights exist only while the GGUF file is written (beside it: same disk, large files).
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as scratch:
         path, source, trained = _source_model(cfg, Path(scratch))
-        template = choose_template(cfg.template, {source: trained})
         tokenizer = load_tokenizer(path)
+        requested = cfg.template or (None if trained else family_template(tokenizer))
+        template = choose_template(requested, {source: trained})
         mf_text = modelfile(out.name, template, tokenizer.eos_token or "", tokenizer)  # an unusable template fails now
         with atomic_file(out, "wb") as f:
             stats = write_gguf(path, f, cfg.quant, template, tokenizer, name=out.stem)
-    mf = out.parent / "Modelfile"
     with atomic_file(mf) as f:
         f.write(mf_text)
     log.info("wrote %s (%d tensors, %s) and %s", out, stats["tensors"], cfg.quant, mf)
@@ -89,22 +87,35 @@ def export(cfg: ExportConfig) -> dict:
             "size_mb": out.stat().st_size / 2**20, **stats}
 
 
-def refuse_chatglm(spec: str | None) -> None:
-    """One clear line for the ChatGLM family, before any merging (read from config.json only)."""
-    from instructglm.models.chatglm import chatglm_generation, chatglm_source, is_chatglm_v1_dir
+def refuse_existing(out: Path, modelfile: Path, force: bool) -> None:
+    """Neither the GGUF file nor the Modelfile next to it is replaced without ``--force``."""
+    if force:
+        return
+    if out.exists():
+        raise UserError(f"-o {out}: the file exists; pass --force to replace it (and the Modelfile next to it)")
+    if modelfile.exists():
+        raise UserError(f"{modelfile}: exists (export writes the Modelfile next to -o {out.name}); pass --force "
+                        f"to replace it, or export into another directory")
+
+
+def refuse_chatglm_v1(spec: str | None) -> None:
+    """One clear line for ChatGLM-6B (v1), before any merging (read from config.json only)."""
+    from instructglm.models.chatglm import is_chatglm_v1_dir
 
     path = Path(str(spec or ""))
-    if not path.is_dir():
-        return
-    if is_chatglm_v1_dir(path):
+    if path.is_dir() and is_chatglm_v1_dir(path):
         raise UserError(f"{spec}: ChatGLM-6B (v1) cannot be exported to GGUF: llama.cpp has no architecture "
-                        f"for it; use 'instructglm merge' for a merged model directory")
-    source = chatglm_source(path)
-    generation = source["generation"] if source else chatglm_generation(path)
-    if generation:
-        family = {2: "ChatGLM2-6B", 3: "ChatGLM3-6B", 4: "GLM-4"}.get(generation, "ChatGLM")
-        raise UserError(f"{spec}: GGUF export of {family} (llama.cpp's 'chatglm' architecture) is not "
-                        f"implemented yet; use 'instructglm merge' for a merged model directory")
+                        f"for it (ChatGLM2-6B, ChatGLM3-6B and GLM-4 can); use 'instructglm merge' for a "
+                        f"merged model directory")
+
+
+def family_template(tokenizer) -> str | None:
+    """``chatglm2``, ``chatglm3`` or ``glm4`` for the tokenizer InstructGLM converted from such a
+    checkpoint (told by the chat template the conversion gave it), else None."""
+    from instructglm.models.chatglm import tokenizers as glm
+
+    families = {glm.CHATGLM2_TEMPLATE: "chatglm2", glm.CHATGLM3_TEMPLATE: "chatglm3", glm.GLM4_TEMPLATE: "glm4"}
+    return families.get(getattr(tokenizer, "chat_template", None) or "")
 
 
 def _source_model(cfg: ExportConfig, scratch: Path) -> tuple[str, str, str | None]:
@@ -112,12 +123,15 @@ def _source_model(cfg: ExportConfig, scratch: Path) -> tuple[str, str, str | Non
     from instructglm.merge.merge import MergeConfig, merge
     from instructglm.models.loading import resolve_model
 
-    if cfg.adapter:  # merge first, with all of merge's checks
+    if cfg.adapter:  # merge first, with all of merge's checks; transformers' layout is what is exported
         result = merge(MergeConfig(adapter=list(cfg.adapter), output=str(scratch / "merged"), model=cfg.model,
-                                   dtype="fp32"))
+                                   dtype="fp32", layout="native"))
         return result["output"], ",".join(cfg.adapter), result["template"]
     path = resolve_model(cfg.model)
-    info = RunInfo.load(path) if Path(path).is_dir() else None
+    # a ChatGLM checkpoint in its original layout resolves to its cached conversion: the run info
+    # (e.g. of a merged model) stays in the directory the user named
+    named = Path(str(cfg.model))
+    info = (RunInfo.load(named) if named.is_dir() else None) or (RunInfo.load(path) if Path(path).is_dir() else None)
     return path, str(cfg.model), info.template if info else None
 
 
@@ -150,6 +164,7 @@ def write_gguf(model_path: str, fout: BinaryIO, quant: str, template: str, token
     from transformers import AutoConfig
 
     from instructglm.export.templates import chat_template
+    from instructglm.export.vocab import add_tokenizer
     from instructglm.models.loading import load_model, load_tokenizer
 
     config = AutoConfig.from_pretrained(model_path)
@@ -166,7 +181,7 @@ def write_gguf(model_path: str, fout: BinaryIO, quant: str, template: str, token
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_hparams(writer, config, model_path)
     jinja = chat_template(template, tokenizer) or getattr(tokenizer, "chat_template", None)
-    vocab = _add_tokenizer(writer, tokenizer, config, jinja, model_path)
+    vocab = add_tokenizer(writer, tokenizer, config, jinja, model_path)
     writer.add_vocab_size(vocab)
     model = load_model(model_path).eval()
     written = _add_tensors(writer, model, config, arch, quant, model_path)
@@ -205,6 +220,8 @@ def _add_hparams(writer, config, model_path: str) -> None:
         writer.add_value_length(head_dim)
     if writer.arch == "llama":
         writer.add_rope_dimension_count(head_dim)
+    if writer.arch == "chatglm":
+        _chatglm_hparams(writer, config, model_path)
     scaling = _rope_scaling(config)
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "linear":
@@ -218,6 +235,18 @@ def _add_hparams(writer, config, model_path: str) -> None:
             writer.add_final_logit_softcapping(config.final_logit_softcapping)
         if getattr(config, "attn_logit_softcapping", None):
             writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+
+
+def _chatglm_hparams(writer, config, model_path: str) -> None:
+    """What llama.cpp's ``chatglm`` graph needs beyond the common keys: the rotated share of each head."""
+    n_head, _, head_dim = _head_counts(config)
+    if n_head * head_dim != config.hidden_size:
+        raise UserError(f"{model_path}/config.json: {n_head} heads of {head_dim} do not add up to hidden_size "
+                        f"{config.hidden_size}, which llama.cpp's 'chatglm' architecture requires")
+    params = getattr(config, "rope_parameters", None) or {}
+    factor = params.get("partial_rotary_factor") if isinstance(params, dict) else None
+    factor = factor or getattr(config, "partial_rotary_factor", None) or 0.5
+    writer.add_rope_dimension_count(int(head_dim * factor))
 
 
 def _gguf_tensor(hf_name: str, tensor, config, arch_name: str):
@@ -257,78 +286,3 @@ def _add_tensors(writer, model, config, arch, quant: str, model_path: str) -> in
             writer.add_tensor(name, data.astype(np.float16))
         written += 1
     return written
-
-
-def _add_tokenizer(writer, tokenizer, config, template_text: str | None, model_path: str) -> int:
-    """Tokenizer metadata; returns the vocabulary size written (padded to the embedding rows)."""
-    import gguf
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise UserError(f"{model_path}: only fast (tokenizer.json) tokenizers can be exported to GGUF")
-    spec = json.loads(backend.to_str())
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise UserError(f"{model_path}/tokenizer.json: a {model.get('type')} tokenizer cannot be exported to GGUF "
-                        f"yet (BPE only)")
-    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(spec.get("decoder"))
-    if not byte_level and not model.get("byte_fallback"):
-        raise UserError(f"{model_path}/tokenizer.json: a BPE tokenizer without byte-level pre-tokenization or "
-                        f"byte fallback cannot be exported to GGUF")
-    if len(tokenizer) > config.vocab_size:
-        raise UserError(f"{model_path}: the tokenizer has {len(tokenizer)} tokens but the model only "
-                        f"{config.vocab_size} embedding rows (config.json vocab_size)")
-    n = config.vocab_size
-    id_to_token = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = {a["id"]: a for a in spec.get("added_tokens", [])}
-    TT = gguf.TokenType
-    tokens, types = [], []
-    for i in range(n):
-        if i not in id_to_token:
-            tokens.append(f"[PAD{i}]")
-            types.append(TT.UNUSED)
-        elif i in added:
-            tokens.append(added[i]["content"])
-            types.append(TT.CONTROL if added[i].get("special") else TT.USER_DEFINED)
-        else:
-            tok = id_to_token[i]
-            tokens.append(tok)
-            types.append(TT.BYTE if not byte_level and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok) else TT.NORMAL)
-    if byte_level:
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(_pre_name(spec.get("pre_tokenizer")))
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        writer.add_token_merges(merges)
-    else:  # SentencePiece-style BPE: llama.cpp's SPM tokenizer merges by score; earlier ids rank higher
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_scores([-float(i) if t == TT.NORMAL else 0.0 for i, t in enumerate(types)])
-        writer.add_add_space_prefix("Prepend" in json.dumps(spec.get("normalizer")))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    for key, adder in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                       ("pad_token_id", writer.add_pad_token_id), ("unk_token_id", writer.add_unk_token_id)):
-        value = getattr(tokenizer, key, None)
-        if value is not None:
-            adder(int(value))
-    probe = tokenizer("a")["input_ids"]
-    writer.add_add_bos_token(bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id)
-    writer.add_add_eos_token(bool(probe) and tokenizer.eos_token_id is not None and probe[-1] == tokenizer.eos_token_id)
-    if template_text:
-        writer.add_chat_template(template_text)
-    return n
-
-
-def _pre_name(pre_tokenizer) -> str:
-    """llama.cpp's name for a byte-level pre-tokenizer: plain GPT-2 ByteLevel, or a known split regex."""
-    if not pre_tokenizer:
-        return "default"
-    if pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("use_regex", True):
-        return "gpt-2"
-    text = json.dumps(pre_tokenizer)
-    for pattern, name in _PRE_PATTERNS.items():
-        if json.dumps(pattern)[1:-1] in text:
-            return name
-    log.warning("unknown pre-tokenizer; llama.cpp will use its default split rules, which may tokenize "
-                "some text differently")
-    return "default"

@@ -11,7 +11,9 @@ this module writes it out in the two template languages servers understand:
 
 ``alpaca``, ``chatglm`` and template files are translated; ``model`` (the tokenizer's own chat
 template) is kept as it is; the ChatGLM family templates (``chatglm2``, ``chatglm3``, ``glm4``) are the
-chat templates of the converted tokenizers, which reproduce the official prompt ids. The GGUF writer
+chat templates of the converted tokenizers, which reproduce the official prompt ids. Their Ollama
+forms: ``chatglm2`` as its rounds (numbered 1, as for ``chatglm``), ``chatglm3``/``glm4`` as
+``<|role|>`` + body per message with Ollama's ``tool`` role as ``<|observation|>``. The GGUF writer
 itself lives in :mod:`instructglm.export.gguf`.
 """
 
@@ -65,6 +67,9 @@ def _pieces(tpl) -> dict | None:
     if isinstance(tpl, T.ChatGLMTemplate):
         return {"prefix": "", "system": "{content}\n\n", "user": "[Round {round}]\n\n问：{content}",
                 "opening": tpl.opening, "separator": "\n\n", "suffix": "", "eos": True}
+    if isinstance(tpl, T.ChatGLM2Template):  # earlier answers are prompt text: no EOS after them
+        return {"prefix": tpl.head, "system": "{content}" + tpl.system_sep, "user": "[Round {round}]\n\n问：{content}",
+                "opening": tpl.opening, "separator": "\n\n", "suffix": "", "eos": False}
     if isinstance(tpl, FileTemplate):
         return {"prefix": tpl.prefix, "system": tpl.system, "user": tpl.user, "opening": tpl.opening,
                 "separator": tpl.separator, "suffix": tpl.suffix, "eos": tpl.eos or not tpl.suffix}
@@ -128,9 +133,13 @@ def _go_text(s: str) -> str:
 def ollama_template(template, eos_token: str, tokenizer=None) -> str | None:
     """The training template in Ollama's Go template syntax (over ``.Messages``), or ``None`` for
     ``model`` (Ollama then uses its own detection of the GGUF's chat template)."""
+    from instructglm import templates as T
+
     tpl = _resolve(template, tokenizer)
     if tpl.name == "model":
         return None
+    if isinstance(tpl, T.RoleTokenTemplate):
+        return _role_token_go(tpl)
     p = _pieces(tpl)
     if p is None:
         raise UserError(f"template '{tpl.name}': no Ollama template can be written for it")
@@ -150,6 +159,20 @@ def ollama_template(template, eos_token: str, tokenizer=None) -> str | None:
             f"{{{{ else if eq .Role \"user\" }}}}{sep}{user}{_go_text(p['opening'])}{{{{ $seen = true }}}}"
             f"{{{{ else if eq .Role \"assistant\" }}}}{{{{ .Content }}}}{close}"
             "{{ end }}{{ end }}")
+
+
+def _role_token_go(tpl) -> str:
+    """ChatGLM3 / GLM-4 in Go: ``<|role|>`` and the message body per message (Ollama's ``tool`` role is
+    the ``<|observation|>`` turn), then the ``<|assistant|>`` that opens the answer."""
+    empty, (before, after) = tpl.body(""), tpl.body("\x00").split("\x00")
+    if after or not before.startswith(empty):
+        raise UserError(f"template '{tpl.name}': no Ollama template can be written for it")
+    # ChatGLM3 writes "\n " before a message's content, only "\n" for an empty one
+    extra = before[len(empty):]
+    content = "{{ if .Content }}" + extra + "{{ .Content }}{{ end }}" if extra else "{{ .Content }}"
+    return ("[gMASK]<sop>{{ range .Messages }}"
+            '<|{{ if eq .Role "tool" }}observation{{ else }}{{ .Role }}{{ end }}|>'
+            f"{_go_text(empty)}{content}{{{{ end }}}}{_go_text(tpl.opening)}")
 
 
 def modelfile(gguf_name: str, template, eos_token: str, tokenizer=None) -> str:
