@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.instructglm-installed
 # The llama.cpp that tests/export/test_llama_cpp.py runs GGUF files in: the one this llama-cpp-python
-# release vendors (it reads the llama, qwen2 and gemma3 files our exporter writes), built once.
+# release vendors (it reads the llama, qwen2, gemma3 and chatglm files our exporter writes), built once.
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPP_DIR ?= $(or $(INSTRUCTGLM_CACHE),$(HOME)/.cache/instructglm)/llama.cpp/$(LLAMA_CPP_PYTHON)
 
