@@ -51,3 +51,64 @@ def test_iter_jsonl_names_the_line(tmp_path):
     assert next(it) == (1, {"a": 1})
     with pytest.raises(UserError, match=f"{p}:3: invalid JSON"):
         next(it)
+
+
+def test_atomic_dir_follows_symlinks_and_refuses_files(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "old").write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to("real")
+    with atomic_dir(link) as tmp:
+        (tmp / "new").write_text("y")
+    assert link.is_symlink() and [p.name for p in (tmp_path / "real").iterdir()] == ["new"]
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        with atomic_dir(tmp_path / "file"):
+            pass
+    assert (tmp_path / "file").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "real"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
+    import errno
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("previous")
+    with pytest.raises(UserError, match=f"no space left on device writing {target}"):
+        with atomic_file(target) as f:
+            f.write("new")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(UserError, match="file too large"):
+        with atomic_dir(tmp_path / "d") as tmp:
+            raise OSError("IOError: File too large")  # pyarrow's kind: no errno, the system's words
+    with pytest.raises(UserError, match=f"no space left on device writing {tmp_path / 'd' / 'stats.json'}$"):
+        with atomic_dir(tmp_path / "d") as tmp:
+            with atomic_file(tmp / "stats.json") as f:
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+    with pytest.raises(ValueError):  # any other error keeps its own type
+        with atomic_file(target) as f:
+            raise ValueError("not a disk problem")
+
+
+def test_json_output_has_null_for_nan_and_infinity(tmp_path):
+    import json
+    import math
+
+    from instructglm.files import dumps, write_json
+
+    rec = {"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf}], "d": "NaN"}
+    assert json.loads(dumps(rec)) == {"a": None, "b": [1.5, None, {"c": None}], "d": "NaN"}
+    write_json(tmp_path / "x.json", rec)
+    write_jsonl(tmp_path / "x.jsonl", [rec])
+    for name in ("x.json", "x.jsonl"):
+        text = (tmp_path / name).read_text()
+        assert "Infinity" not in text and json.loads(text)["b"][1] is None
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "out.jsonl"
+    target.write_text("old")
+    target.chmod(0o600)
+    write_jsonl(target, [{"a": 1}])
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and target.read_text() == '{"a": 1}\n'

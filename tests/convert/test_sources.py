@@ -36,3 +36,31 @@ def test_empty_missing_and_directory(tmp_path):
                         (tmp_path, "directory")]:
         with pytest.raises(UserError, match=words):
             list(read_records(path))
+
+
+def test_parse_line_is_the_one_parser_of_json_lines():
+    from instructglm.convert.sources import BadInput, parse_line
+
+    assert parse_line(b'  {"a": 1}\n') == {"a": 1} and parse_line(b"  \n") is None
+    for raw, words in [(b'{"a": ' + b"1" * 4301 + b"}", "4301 digits"), (b'{"a": ', "invalid JSON"),
+                       (b'"\xff"', "not valid UTF-8"), (b"[" * 100000, "nested too deeply")]:
+        bad = parse_line(raw)
+        assert isinstance(bad, BadInput) and words in bad.reason, (raw[:20], bad)
+    assert parse_line(b'{"a": ' + b"1" * 4300 + b"}")["a"] > 0  # the limit itself is read
+
+    def refuses(text):
+        raise ValueError("the fast parser says no")
+
+    assert parse_line(b'{"a": 2}', fast_loads=refuses) == {"a": 2}  # the standard library decides
+    assert parse_line(b'{"a": 2}', fast_loads=lambda text: "fast") == "fast"
+
+
+def test_long_integer_in_a_json_array_rejects_that_record_only(tmp_path):
+    from instructglm.convert.sources import BadInput, scan_records
+
+    p = tmp_path / "a.json"
+    p.write_text('[{"a": 1},\n {"n": ' + "7" * 5000 + '},\n {"b": 2}]')
+    items = list(scan_records(p))
+    assert [line for line, _ in items] == [1, 2, 3]
+    assert isinstance(items[1][1], BadInput) and "5000 digits" in items[1][1].reason
+    assert items[2][1] == {"b": 2}

@@ -25,6 +25,7 @@ from instructglm.convert.formats import DATASET_FORMATS, resolve_format
 from instructglm.convert.reading import Rejected, convert_items, open_dataset
 from instructglm.errors import UserError
 from instructglm.files import atomic_file, dumps
+from instructglm.paths import output_file, refuse_inputs
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class ConvertConfig:
         return columns
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
+def expand_inputs(patterns: list[str], origin: dict[str, str] | None = None) -> list[Path]:
+    """The input files; ``origin`` (when given) gets the glob pattern that matched each matched file."""
     paths: list[Path] = []
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
@@ -65,9 +67,28 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             if not matched:
                 raise UserError(f"{pattern}: no file matches")
             paths += [Path(m) for m in matched]
+            if origin is not None:
+                origin.update((m, pattern) for m in matched)
         else:
             paths.append(Path(pattern))
     return paths
+
+
+def check_outputs(cfg: ConvertConfig, inputs: list[Path], origin: dict[str, str]) -> Path | None:
+    """Check the output and rejects paths before anything is read or written; the rejects path.
+
+    Refused: an output or rejects file that cannot be written (see :mod:`instructglm.paths`), or
+    that is one of the inputs (also when a glob matched it, e.g. ``g/*.jsonl -o g/all.jsonl`` run twice).
+    """
+    out = output_file(cfg.output, "--output")
+    rej_path = rejects_path(cfg.output) if cfg.on_error == "skip" else None
+    if rej_path is not None:
+        if out.stream:
+            raise UserError(f"--output {cfg.output}: not a regular file, so there is no place for its rejects "
+                            f"file ({rej_path}) that --on-error skip writes; give a file name for the output")
+        output_file(rej_path, "rejects file")
+    refuse_inputs([("--output", cfg.output), *([("rejects file", rej_path)] if rej_path else [])], inputs, origin)
+    return rej_path
 
 
 def rejects_path(output: str | Path) -> Path:
@@ -93,8 +114,9 @@ def convert_files(cfg: ConvertConfig) -> dict:
     columns = cfg.columns()
     if cfg.on_error not in ("fail", "skip"):
         raise UserError(f"--on-error {cfg.on_error}: expected fail or skip")
-    paths = expand_inputs(cfg.inputs)
-    rej_path = rejects_path(cfg.output) if cfg.on_error == "skip" else None
+    origin: dict[str, str] = {}
+    paths = expand_inputs(cfg.inputs, origin)
+    rej_path = check_outputs(cfg, paths, origin)
     counts = Counter(records=0, converted=0, rejected=0, duplicates=0)
     files: dict[str, int] = {}
     formats: dict[str, str] = {}

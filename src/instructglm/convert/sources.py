@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from instructglm.errors import UserError, where
 
@@ -81,28 +82,72 @@ def _clip(text: str) -> str:
     return text[:RAW_KEEP] + f"... [{len(text) - RAW_KEEP} more characters not kept]"
 
 
+class _IntGuard:
+    """``parse_int`` for :mod:`json`: an integer longer than Python's limit on digits (4300 by
+    default; ``int()`` would raise ValueError mid-parse) is noted and stands in as 0, so the record
+    can be reported as bad and a JSON array read on past it."""
+
+    def __init__(self):
+        self.limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+        self.too_long = 0
+
+    def __call__(self, digits: str) -> int:
+        n = len(digits) - digits.startswith("-")
+        if self.limit and n > self.limit:
+            self.too_long = max(self.too_long, n)
+            return 0
+        return int(digits)
+
+    def bad(self) -> BadInput | None:
+        """The BadInput for the value just decoded, if it held a too long integer (and reset)."""
+        n, self.too_long = self.too_long, 0
+        return BadInput(f"invalid JSON: an integer with {n} digits (at most {self.limit} are read)", "") if n else None
+
+
+def _too_long(bad: BadInput, raw: str) -> BadInput:
+    return BadInput(bad.reason, _clip(raw))
+
+
+def parse_line(raw: bytes, fast_loads: Callable[[str], Any] | None = None) -> Any:
+    """One line of a JSON-lines file: its value, ``None`` for a blank line, or a :class:`BadInput`
+    saying why it is not a record (too large, not UTF-8, not JSON, nested too deeply, an integer too
+    long to read). The one parser of JSON lines for ``convert``, ``infer`` and ``tokenize``.
+
+    ``fast_loads`` (e.g. orjson's) is tried first; when it fails the standard library decides (it
+    accepts what JSON allows and orjson does not, and names the column).
+    """
+    if len(raw) > MAX_RECORD_BYTES:
+        return BadInput(f"record is larger than {_limit_text()}", _clip(raw.decode("utf-8", "replace")))
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        return BadInput(f"not valid UTF-8 (byte {e.start})", _clip(raw.decode("utf-8", "replace").strip()))
+    if not text:
+        return None
+    if fast_loads is not None:
+        try:
+            return fast_loads(text)
+        except ValueError:
+            pass
+    guard = _IntGuard()
+    try:
+        value = json.loads(text, parse_int=guard)
+    except json.JSONDecodeError as e:
+        return BadInput(f"invalid JSON: {e.msg} (column {e.colno})", _clip(text))
+    except RecursionError:
+        return BadInput("invalid JSON: nested too deeply", _clip(text))
+    bad = guard.bad()
+    return _too_long(bad, text) if bad else value
+
+
 def _scan_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if lineno == 1:
                 raw = raw.removeprefix(_BOM)
-            if len(raw) > MAX_RECORD_BYTES:
-                yield lineno, BadInput(f"record is larger than {_limit_text()}",
-                                       _clip(raw.decode("utf-8", "replace")))
-                continue
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                yield lineno, BadInput(f"not valid UTF-8 (byte {e.start})", raw.decode("utf-8", "replace").strip())
-                continue
-            if not text:
-                continue
-            try:
-                yield lineno, json.loads(text)
-            except json.JSONDecodeError as e:
-                yield lineno, BadInput(f"invalid JSON: {e.msg} (column {e.colno})", _clip(text))
-            except RecursionError:
-                yield lineno, BadInput("invalid JSON: nested too deeply", _clip(text))
+            value = parse_line(raw)
+            if value is not None:
+                yield lineno, value
 
 
 def _readable(text: str) -> str:
@@ -114,7 +159,8 @@ def _scan_json_array(path: Path) -> Iterator[tuple[int, Any]]:
     raw = path.read_bytes().removeprefix(_BOM)
     text = raw.decode("utf-8", "surrogateescape")  # bad bytes are found per record below
     has_bad_bytes = _ESCAPED_BYTE.search(text) is not None
-    decoder = json.JSONDecoder()
+    guard = _IntGuard()
+    decoder = json.JSONDecoder(parse_int=guard)
     pos = text.index("[") + 1
     line, counted = 1, 0
 
@@ -147,7 +193,10 @@ def _scan_json_array(path: Path) -> Iterator[tuple[int, Any]]:
             return
         chunk = text[pos:end]
         bad = _ESCAPED_BYTE.search(chunk) if has_bad_bytes else None
-        if len(chunk) > MAX_RECORD_BYTES or (
+        too_long = guard.bad()
+        if too_long is not None:
+            yield start_line, _too_long(too_long, _readable(chunk))
+        elif len(chunk) > MAX_RECORD_BYTES or (
                 len(chunk) * 4 > MAX_RECORD_BYTES and len(chunk.encode("utf-8", "surrogateescape")) > MAX_RECORD_BYTES):
             yield start_line, BadInput(f"record is larger than {_limit_text()}", _clip(_readable(chunk)))
         elif bad is not None:

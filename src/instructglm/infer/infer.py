@@ -28,16 +28,18 @@ import dataclasses
 import json
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from instructglm.config import opt
 from instructglm.convert import read_conversations
 from instructglm.errors import UserError, where
-from instructglm.files import atomic_file, dumps, file_sha256, write_jsonl
+from instructglm.files import atomic_file, dumps, file_sha256, write_error, write_jsonl
 from instructglm.generation.engine import Engine
 from instructglm.generation.loading import Loaded, choose_adapters, load_engine
 from instructglm.generation.sampling import SamplingConfig
+from instructglm.paths import output_file, refuse_inputs
 from instructglm.record import Conversation
 
 log = logging.getLogger(__name__)
@@ -182,17 +184,31 @@ def prediction_row(index: int, conv: Conversation, prompt: str, answers: dict[st
 
 
 def answer_all(answerer: Answerer, conversations: list[Conversation], prompts: list[list[int]], todo: list[int],
-               columns: list[Column], batch_size: int, partial: Path, settings: dict, done: dict[int, dict]) -> None:
+               columns: list[Column], batch_size: int, partial: Path | None, settings: dict,
+               done: dict[int, dict]) -> None:
     """Answer the ``todo`` rows batch by batch into ``done``, each batch appended to ``partial``."""
     from tqdm.auto import tqdm
 
-    decode = answerer.loaded.tokenizer.decode
     bar = tqdm(total=len(conversations) * len(columns), initial=len(done) * len(columns), desc="generate",
                unit=" answers", disable=None)
-    fresh = not partial.is_file() or partial.stat().st_size == 0
+    try:
+        _answer_batches(answerer, conversations, prompts, todo, columns, batch_size, partial, settings, done, bar)
+    except OSError as e:  # a full disk while appending: the rows so far stay in the partial file
+        error = write_error(partial, e)
+        if error is None:
+            raise
+        raise error from None
+    bar.close()
+
+
+def _answer_batches(answerer: Answerer, conversations: list[Conversation], prompts: list[list[int]], todo: list[int],
+                    columns: list[Column], batch_size: int, partial: Path | None, settings: dict,
+                    done: dict[int, dict], bar) -> None:
+    decode = answerer.loaded.tokenizer.decode
+    fresh = partial is None or not partial.is_file() or partial.stat().st_size == 0
     # appended and synced batch by batch (not an atomic write): the partial file is what survives a crash
-    with open(partial, "a", encoding="utf-8") as part:
-        if fresh:
+    with open(partial, "a", encoding="utf-8") if partial is not None else nullcontext() as part:
+        if fresh and part is not None:
             part.write(dumps({"resume": settings}) + "\n")
         for start in range(0, len(todo), batch_size):
             idx = todo[start:start + batch_size]
@@ -204,10 +220,11 @@ def answer_all(answerer: Answerer, conversations: list[Conversation], prompts: l
             for i in idx:
                 prompt = decode(prompts[i], skip_special_tokens=True)
                 done[i] = prediction_row(i, conversations[i], prompt, answers[i])
-                part.write(dumps(done[i]) + "\n")
-            part.flush()
-            os.fsync(part.fileno())
-    bar.close()
+                if part is not None:
+                    part.write(dumps(done[i]) + "\n")
+            if part is not None:
+                part.flush()
+                os.fsync(part.fileno())
 
 
 def print_answers(conversations: list[Conversation], rows: list[dict], columns: list[Column]) -> None:
@@ -219,6 +236,19 @@ def print_answers(conversations: list[Conversation], rows: list[dict], columns: 
             print(f"### Answer{name}:\n{row[column.key]}\n")
 
 
+def check_output(cfg: InferConfig, adapters: dict[str, str]) -> tuple[Path, Path | None]:
+    """The output path and its partial file, checked before anything is read or written.
+
+    Refused: an output that cannot take a file, or that is the data file (also its partial file).
+    A character device or FIFO (``-o /dev/null``) is written through and keeps no partial file.
+    """
+    output = Path(cfg.output) if cfg.output else Path(next(iter(adapters.values()))) / "predictions.jsonl"
+    dest = output_file(output, "--output")
+    partial = None if dest.stream else partial_path(dest.path)
+    refuse_inputs([("--output", output), *([("partial file", partial)] if partial else [])], [cfg.data])
+    return output, partial
+
+
 def infer(cfg: InferConfig) -> dict:
     """Generate an answer for every record of ``cfg.data``; write ``cfg.output`` (JSONL). Without an
     output the predictions go next to the (first) adapter and every answer is printed."""
@@ -227,14 +257,11 @@ def infer(cfg: InferConfig) -> dict:
     adapters, template_name = choose_adapters(cfg.adapter, cfg.template)
     if cfg.compare_base and not adapters:
         raise UserError("--compare-base needs --adapter")
+    output, partial = check_output(cfg, adapters)
     conversations = read_conversations(cfg.data, cfg.format, cfg.limit)
-    output = Path(cfg.output) if cfg.output else Path(next(iter(adapters.values()))) / "predictions.jsonl"
-    if output.is_dir():
-        raise UserError(f"{output}: is a directory; give a file name for the output")
     columns = prediction_columns(adapters, cfg.compare_base)
     settings = run_settings(cfg, adapters, template_name, columns)
-    partial = partial_path(output)
-    done = read_partial(partial, settings) if partial.is_file() else {}
+    done = read_partial(partial, settings) if partial is not None and partial.is_file() else {}
     done = {i: row for i, row in done.items() if i < len(conversations)}
     if done:
         log.info("resuming from %s: %d of %d rows already done", partial, len(done), len(conversations))
@@ -247,7 +274,8 @@ def infer(cfg: InferConfig) -> dict:
     answer_all(answerer, conversations, prompts, todo, columns, cfg.batch_size, partial, settings, done)
     rows = [done[i] for i in range(len(conversations))]
     n = write_jsonl(output, rows)
-    partial.unlink()
+    if partial is not None:
+        partial.unlink()
     if cfg.output is None:
         print_answers(conversations, rows, columns)
     return {"output": str(output), "records": n, "template": loaded.template.name, "columns": [c.key for c in columns],

@@ -6,6 +6,8 @@ closing (EOS or end-of-turn) of each of them.
 
 from __future__ import annotations
 
+import re
+
 from instructglm.constants import IGNORE_INDEX
 from instructglm.errors import UserError
 from instructglm.templates import Segment, Template
@@ -134,6 +136,21 @@ def opening_length(tokenizer, template: Template, prompt_ids: list[int], cache: 
     return k
 
 
+# C0 controls but newline and tab, DEL, C1 controls, and the bidirectional overrides that reorder
+# what a terminal shows: text from data must not move the cursor, set colours or retitle a window.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters and escape sequences from the data
+    appear escaped (``\\x1b``, ``\\r``, ``\\u202e``), newlines and tabs as they are."""
+    def escape(m: re.Match) -> str:
+        c = m.group()
+        return {"\r": "\\r"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _UNSAFE.sub(escape, text)
+
+
 def format_example(tokenizer, ids: list[int], labels: list[int], color: bool = False) -> str:
     """The decoded row with its trained spans marked: ``[[...]]``, or green when ``color``."""
     parts, run, trained = [], [], None
@@ -148,7 +165,7 @@ def format_example(tokenizer, ids: list[int], labels: list[int], color: bool = F
         parts.append((trained, run))
     out = []
     for t, run in parts:
-        text = tokenizer.decode(run, skip_special_tokens=False)
+        text = shown(tokenizer.decode(run, skip_special_tokens=False))
         if t:
             out.append(f"\x1b[1;32m{text}\x1b[0m" if color else f"[[{text}]]")
         else:

@@ -9,6 +9,9 @@ another tokenizer; ``tokenize`` reads it (:func:`is_up_to_date`) to skip work al
 
 from __future__ import annotations
 
+import json
+import logging
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +23,10 @@ from instructglm.templates import Template, get_template
 
 if TYPE_CHECKING:
     from instructglm.tokenize.tokenize import TokenizeConfig
+
+log = logging.getLogger(__name__)
+
+CHECKSUMS = "checksums.json"  # size and CRC-32 of every other file, written last
 
 MANIFEST_FORMAT = "instructglm.tokenized/2"  # the layout of the dataset directory; bump when it changes
 
@@ -64,9 +71,80 @@ def build_manifest(cfg: TokenizeConfig, template: Template, tokenizer, tok_files
 
 
 def save(folder: Path, manifest: dict, stats: dict) -> None:
-    """Write both files into the (not yet published) dataset directory ``folder``."""
+    """Write both files into the (not yet published) dataset directory ``folder``, then the size
+    and CRC-32 of every file in it (``checksums.json``), by which a damaged copy is recognised."""
     write_json(folder / STATS, stats)
     write_json(folder / MANIFEST, manifest)
+    files = {p.name: [p.stat().st_size, _crc32(p)] for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != CHECKSUMS}
+    write_json(folder / CHECKSUMS, {"algorithm": "crc32", "files": files})
+
+
+def _crc32(path: Path) -> int:
+    """CRC-32 of a file (zlib: about 3 GB/s, so checking a dataset costs a fraction of reading it)."""
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _json_file(folder: Path, name: str) -> tuple[object, str | None]:
+    try:
+        return json.loads((folder / name).read_bytes()), None
+    except FileNotFoundError:
+        return None, f"{name} is missing"
+    except (ValueError, RecursionError, OSError):
+        return None, f"{name} is not valid JSON"
+
+
+def damage(folder: str | Path, full: bool = True) -> str | None:
+    """Why the tokenized dataset ``folder`` is damaged, or ``None`` when it is whole.
+
+    Its JSON files must parse and every data file ``state.json`` lists must exist; when
+    ``checksums.json`` is there (``tokenize`` writes it), every file must have its recorded size and
+    CRC-32 (with ``full``; the sizes only without), which also catches bytes changed in place.
+    Datasets made otherwise (``save_to_disk``) get the first checks only.
+    """
+    folder = Path(folder)
+    sums, problem = _json_file(folder, CHECKSUMS)
+    if problem is None:
+        listed = sums.get("files") if isinstance(sums, dict) else None
+        if not isinstance(listed, dict):
+            return f"{CHECKSUMS} is not valid"
+        for name, expected in listed.items():
+            p = folder / name
+            if not p.is_file():
+                return f"{name} is missing"
+            if not (isinstance(expected, list) and len(expected) == 2):
+                return f"{CHECKSUMS} is not valid"
+            size = p.stat().st_size
+            if size != expected[0]:
+                return f"{name} has {size} bytes, {expected[0]} were written"
+            if full and _crc32(p) != expected[1]:
+                return f"{name} has changed since it was written (checksum differs)"
+    for name in (MANIFEST, "dataset_info.json", "state.json"):
+        value, problem = _json_file(folder, name)
+        if problem:
+            return problem
+        if not isinstance(value, dict):
+            return f"{name} is not valid"
+    state, _ = _json_file(folder, "state.json")
+    data_files = state.get("_data_files")
+    if not isinstance(data_files, list) or not data_files:
+        return "state.json lists no data files"
+    for entry in data_files:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not (folder / name).is_file():
+            return f"{name or 'a data file'} (listed in state.json) is missing"
+    return None
+
+
+def check_whole(folder: str | Path, full: bool = True) -> None:
+    """UserError naming ``folder`` and what is wrong if the tokenized dataset is damaged (see :func:`damage`)."""
+    problem = damage(folder, full)
+    if problem:
+        raise UserError(f"{folder}: damaged tokenized dataset ({problem}); run 'instructglm tokenize' again")
 
 
 def has_manifest(folder: Path) -> bool:
@@ -74,8 +152,13 @@ def has_manifest(folder: Path) -> bool:
 
 
 def read_manifest(dataset_dir: str | Path) -> dict:
+    """The manifest of a tokenized dataset, once its files are checked (the quick checks of
+    :func:`check_whole`: ``train`` makes the full one, :func:`instructglm.train.data.check_dataset`)."""
+    if not Path(dataset_dir).is_dir():
+        raise UserError(f"{dataset_dir}: not found; run 'instructglm tokenize' first")
     if not has_manifest(Path(dataset_dir)):
         raise UserError(f"{dataset_dir}: not a tokenized dataset (no {MANIFEST}); run 'instructglm tokenize' first")
+    check_whole(dataset_dir, full=False)
     return read_json(Path(dataset_dir) / MANIFEST)
 
 
@@ -94,7 +177,11 @@ def is_up_to_date(out: Path, cfg: TokenizeConfig, source_sha: str, template_name
         manifest = read_json(out / MANIFEST)
     except (UserError, OSError):
         return False
-    if not ((out / STATS).is_file() and (out / "state.json").is_file()):
+    if not (out / CHECKSUMS).is_file():  # made before checksums were written: cannot tell it is whole
+        return False
+    problem = damage(out)
+    if problem:
+        log.warning("%s: damaged (%s); tokenizing again", out, problem)
         return False
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("settings") != row_settings(cfg):
         return False

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from instructglm.constants import IGNORE_INDEX
+from instructglm.convert.sources import BadInput, parse_line
 from instructglm.errors import UserError
 from instructglm.record import Conversation, RecordError
 from instructglm.templates import Template
@@ -77,22 +78,15 @@ def is_json_array(path: Path) -> bool:
 
 
 def _parse_line(raw: bytes, line: int) -> Conversation | None:
-    """The checked conversation on one line; ``None`` for a blank line."""
-    try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError as e:
-        raise LineError(line, f"not valid UTF-8 (byte {e.start})") from None
-    if not text:
+    """The checked conversation on one line; ``None`` for a blank line. Parsing (and what is a bad
+    line) is :func:`instructglm.convert.sources.parse_line`'s, with orjson as the fast path."""
+    value = parse_line(raw, _loads)
+    if value is None:
         return None
+    if isinstance(value, BadInput):
+        raise LineError(line, value.reason)
     try:
-        rec = _loads(text)
-    except ValueError:
-        try:  # the standard library decides (it accepts NaN, lone surrogates) and names the column
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LineError(line, f"invalid JSON: {e.msg} (column {e.colno})") from None
-    try:
-        return Conversation.from_json(rec)
+        return Conversation.from_json(value)
     except RecordError as e:
         raise LineError(line, str(e)) from None
 

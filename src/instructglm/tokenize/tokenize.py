@@ -37,6 +37,7 @@ from instructglm.config import opt
 from instructglm.constants import DEFAULT_TEMPLATE, IGNORE_INDEX
 from instructglm.errors import UserError, where
 from instructglm.files import atomic_dir, file_sha256
+from instructglm.paths import output_dir, refuse_inputs
 from instructglm.templates import Template, get_template
 from instructglm.tokenize import manifest as dataset_manifest
 from instructglm.tokenize import shards
@@ -111,6 +112,8 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
     if not src.is_file():
         raise UserError(f"{src}: file not found")
     out = Path(cfg.output)
+    output_dir(out, "--output")
+    refuse_inputs([("--output", out)], [src], directory=True)
     if out.exists() and not (out.is_dir() and (dataset_manifest.has_manifest(out) or not any(out.iterdir()))):
         raise UserError(f"{out}: exists and is not a tokenized dataset; choose another output directory")
 

@@ -15,11 +15,15 @@ def dataset_parts(spec: str) -> list[str]:
 
 
 def check_dataset(path: str, model_name: str, tokenizer) -> dict:
-    """The manifest of a tokenized dataset; refused when another tokenizer than the model's made it."""
+    """The manifest of a tokenized dataset; refused when it is damaged (a missing or truncated file, a
+    broken JSON file, changed bytes: one line naming it, instead of an error mid-training) or when
+    another tokenizer than the model's made it."""
     from instructglm.models.loading import tokenizer_fingerprint
     from instructglm.tokenize import read_manifest
+    from instructglm.tokenize.manifest import check_whole
 
     manifest = read_manifest(path)
+    check_whole(path)
     if manifest.get("tokenizer") != tokenizer_fingerprint(tokenizer):
         raise UserError(f"{path}: tokenized with a different tokenizer ({manifest.get('model')}) than "
                         f"model '{model_name}'; run 'instructglm tokenize --model {model_name}' again")
@@ -34,12 +38,28 @@ def check_parts(parts: list[str], model_name: str, tokenizer) -> dict:
     return manifests[0]
 
 
+def load_parts(parts: list[str]):
+    """The rows of the (checked, :func:`check_parts`) dataset parts as one ``datasets.Dataset``; a
+    dataset that still fails to load is one line naming it."""
+    import datasets
+
+    loaded = []
+    for part in parts:
+        try:
+            loaded.append(datasets.load_from_disk(part))
+        except Exception as e:  # noqa: BLE001  (pyarrow and datasets raise many kinds on damaged files)
+            first = (str(e).splitlines() or [""])[0]
+            raise UserError(f"{part}: damaged tokenized dataset ({type(e).__name__}: {first}); "
+                            f"run 'instructglm tokenize' again") from None
+    return datasets.concatenate_datasets(loaded)
+
+
 def split_eval(data, val_size: float, eval_dataset: str | None, seed: int):
     """(train rows, eval rows or None) from ``val_size`` / ``eval_dataset``."""
     import datasets
 
     if eval_dataset:
-        return data, datasets.load_from_disk(eval_dataset)
+        return data, load_parts([eval_dataset])
     if not val_size:
         return data, None
     n_eval = int(val_size) if val_size >= 1 else max(1, round(val_size * len(data)))
