@@ -50,6 +50,15 @@ class Rejected:
         return text
 
 
+def column_map(items: list[str], fmt_name: str = "auto") -> ColumnMap | None:
+    """The column map of ``--map FIELD=KEY`` items (None for none). It sets the layout, so it excludes
+    a ``--format`` other than ``auto``; a bad item is a UserError naming it."""
+    columns = ColumnMap.parse(items)
+    if columns is not None and fmt_name != "auto":
+        raise UserError(f"--map with --format {fmt_name}: the map sets the layout; give one of them")
+    return columns
+
+
 def open_dataset(path: Path, fmt_name: str = "auto", reply: bool = True,
                  columns: ColumnMap | None = None) -> tuple[DatasetFormat, Iterator[tuple[int, Any]]]:
     """``(format, items)`` for one file: the one the column map makes, the forced format, or the one
@@ -148,8 +157,12 @@ def convert_items(path: Path, fmt: DatasetFormat, items: Iterable[tuple[int, Any
         log.info("%s: dropped non-scalar metadata keys: %s", path, ", ".join(sorted(dropped)))
 
 
-def read_conversations(path: str | Path, fmt_name: str = "auto", limit: int | None = None) -> list[Conversation]:
+def read_conversations(path: str | Path, fmt_name: str = "auto", limit: int | None = None,
+                       columns: ColumnMap | None = None) -> list[Conversation]:
     """The conversations of a data file in any format ``convert`` reads, the reply optional.
+
+    ``columns`` (``infer --map``, as ``convert --map``) reads a layout no format lists; with a map the
+    reply's key may be missing from a record, every other mapped key is a ``FILE:LINE`` error when missing.
 
     A record whose answer is missing or empty ends with the user's turn (``conv.reference`` is
     ``None``); one with an answer keeps it as ``conv.reference``. Metadata is what ``convert``
@@ -157,7 +170,7 @@ def read_conversations(path: str | Path, fmt_name: str = "auto", limit: int | No
     a :class:`UserError` (``FILE:LINE`` for a record).
     """
     path = Path(path)
-    fmt, items = open_dataset(path, fmt_name, reply=False)
+    fmt, items = open_dataset(path, fmt_name, reply=False, columns=columns)
     conversations: list[Conversation] = []
     for conv in convert_items(path, fmt, items, None, reply=False):
         conversations.append(conv)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from instructglm.config import opt
 from instructglm.convert import read_conversations
+from instructglm.convert.reading import column_map
 from instructglm.errors import UserError, where
 from instructglm.files import atomic_file, dumps, file_sha256, write_error, write_jsonl
 from instructglm.generation.engine import Engine
@@ -60,6 +61,8 @@ class InferConfig(SamplingConfig):
                              aliases=("--model_path",))
     template: str | None = opt(None, help="prompt template; default: the adapter's, else alpaca")
     format: str = opt("auto", help="data format (as in 'convert'): auto or a format name")
+    map: list[str] = opt([], help="read a layout no format lists, as 'convert --map': FIELD=KEY, e.g. "
+                                  "--map instruction=question --map output=std_answer (the reply's key may be absent)")
     batch_size: int = opt(16, help="prompts per generation batch")
     compare_base: bool = opt(False, help="also generate with the adapter disabled (same loaded weights)")
     limit: int | None = opt(None, help="only the first N records")
@@ -71,6 +74,7 @@ class InferConfig(SamplingConfig):
             raise UserError(f"--batch-size: must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit: must be at least 1, got {self.limit}")
+        column_map(self.map, self.format)
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,8 @@ def run_settings(cfg: InferConfig, adapters: dict[str, str], template_name: str,
     """What the answers depend on: an interrupted run resumes only with the same settings."""
     return {"data_sha256": file_sha256(cfg.data), "model": cfg.model,
             "adapters": {n: str(Path(p).resolve()) for n, p in adapters.items()}, "template": template_name,
-            "columns": [c.key for c in columns], **dataclasses.asdict(cfg.sampling())}
+            "columns": [c.key for c in columns], **({"map": cfg.map} if cfg.map else {}),
+            **dataclasses.asdict(cfg.sampling())}
 
 
 class Answerer:
@@ -258,7 +263,7 @@ def infer(cfg: InferConfig) -> dict:
     if cfg.compare_base and not adapters:
         raise UserError("--compare-base needs --adapter")
     output, partial = check_output(cfg, adapters)
-    conversations = read_conversations(cfg.data, cfg.format, cfg.limit)
+    conversations = read_conversations(cfg.data, cfg.format, cfg.limit, column_map(cfg.map, cfg.format))
     columns = prediction_columns(adapters, cfg.compare_base)
     settings = run_settings(cfg, adapters, template_name, columns)
     done = read_partial(partial, settings) if partial is not None and partial.is_file() else {}

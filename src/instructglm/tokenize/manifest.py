@@ -50,17 +50,23 @@ def tokenizer_files(model_path: str) -> dict | None:
 
 def row_settings(cfg: TokenizeConfig) -> dict:
     """The options that change the rows (other options only change how fast they are made)."""
+    if cfg.stage == "pt":
+        return {"stage": "pt", "max_seq_length": cfg.max_seq_length, "text_per_line": cfg.text_per_line}
     return {"max_seq_length": cfg.max_seq_length, "overlength": cfg.overlength,
             "train_on_prompt": cfg.train_on_prompt}
 
 
-def build_manifest(cfg: TokenizeConfig, template: Template, tokenizer, tok_files: dict | None,
+def build_manifest(cfg: TokenizeConfig, template: Template | None, tokenizer, tok_files: dict | None,
                    source_sha: str) -> dict:
+    """The manifest; ``template`` is None for ``--stage pt`` (no template: ``"template": null``, which
+    ``infer`` reads as "none trained", and ``"stage": "pt"``)."""
     from instructglm.models.loading import tokenizer_fingerprint
 
     return {
         "format": MANIFEST_FORMAT,
-        **template.manifest(),  # also checks a model template (chat template present)
+        **({"stage": "pt"} if cfg.stage == "pt" else {}),
+        # also checks a model template (chat template present)
+        **(template.manifest() if template is not None else {"template": None}),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "tokenizer_files": tok_files,
         "model": cfg.model,
@@ -194,7 +200,7 @@ def is_up_to_date(out: Path, cfg: TokenizeConfig, source_sha: str, template_name
 
         if manifest.get("tokenizer") != tokenizer_fingerprint(tokenizer):
             return False
-        if cfg.template == "model":
+        if cfg.template == "model" and cfg.stage != "pt":
             return manifest.get("template_sha256") == get_template("model", tokenizer).manifest()["template_sha256"]
         return True
     return tok_files is not None and manifest.get("tokenizer_files") == tok_files

@@ -42,6 +42,7 @@ from instructglm.templates import Template, get_template
 from instructglm.tokenize import manifest as dataset_manifest
 from instructglm.tokenize import shards
 from instructglm.tokenize.encode import SegmentEncoder, format_example
+from instructglm.tokenize.pretrain import tokenize_documents
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,15 @@ MIN_BYTES_PER_PROC = 4 << 20  # a worker process only pays off for a few MB of i
 
 @dataclass
 class TokenizeConfig:
-    input: str = opt(help="canonical JSONL file (from 'instructglm convert')", aliases=("--jsonl_path", "--data_path"))
+    input: str = opt(help="canonical JSONL file (from 'instructglm convert'); with --stage pt a text file, or "
+                     "JSONL with a 'text' field", aliases=("--jsonl_path", "--data_path"))
     output: str = opt(help="output dataset directory", aliases=("-o", "--save_path"))
     model: str = opt("gemma3-270m", help="model whose tokenizer to use")
+    stage: Literal["sft", "pt"] = opt("sft", help="sft: instruction rows through a template; pt: plain text for "
+                                      "continued pretraining (no template, every token trained, EOS after each "
+                                      "document, long documents split into rows of max_seq_length)")
+    text_per_line: bool = opt(False, help="--stage pt, text file: one document per line (default: per block of "
+                              "lines separated by a blank line)")
     template: str = opt(DEFAULT_TEMPLATE, help="prompt template: alpaca, chatglm, chatglm-6b, chatglm2, chatglm3, "
                         "glm4, model (the tokenizer's chat template), auto (the model family's own) or a "
                         ".yaml/.json template file")
@@ -80,6 +87,11 @@ class TokenizeConfig:
             raise UserError(f"batch_size: must be at least 1, got {self.batch_size}")
         if self.show < 0:
             raise UserError(f"show: must be 0 or more, got {self.show}")
+        if self.stage == "pt" and (self.overlength != "skip" or self.skip_overlength):
+            raise UserError("--overlength/--skip_overlength: not with --stage pt (long documents are split into "
+                            "rows of max_seq_length, none dropped)")
+        if self.text_per_line and self.stage != "pt":
+            raise UserError("--text-per-line: only with --stage pt (plain-text input)")
 
 
 def _examples(out: Path, tokenizer, n: int, color: bool) -> list[str]:
@@ -111,6 +123,9 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
         raise UserError(f"{src}: is a directory, expected a canonical JSONL file")
     if not src.is_file():
         raise UserError(f"{src}: file not found")
+    if cfg.stage == "sft" and src.suffix.lower() == ".txt":
+        raise UserError(f"{src}: a text file; tokenize reads canonical JSONL ('instructglm convert'), or plain "
+                        f"text for continued pretraining with --stage pt")
     out = Path(cfg.output)
     output_dir(out, "--output")
     refuse_inputs([("--output", out)], [src], directory=True)
@@ -119,7 +134,8 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
 
     source_sha = file_sha256(src)
     # model/auto: the name is known once the tokenizer is loaded
-    template_name = None if cfg.template in ("model", "auto") else get_template(cfg.template).name
+    pretrain = cfg.stage == "pt"  # no template (tokenize/pretrain.py)
+    template_name = None if pretrain or cfg.template in ("model", "auto") else get_template(cfg.template).name
     model_path = resolve_model(cfg.model) if tokenizer is None else None
     tok_files = dataset_manifest.tokenizer_files(model_path) if model_path else None
 
@@ -137,10 +153,13 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
         return result
 
     tokenizer = load()
-    template = get_template(cfg.template, tokenizer)
+    template = None if pretrain else get_template(cfg.template, tokenizer)
     encoder = SegmentEncoder(tokenizer)
     manifest = dataset_manifest.build_manifest(cfg, template, tokenizer, tok_files, source_sha)
-    stats = _tokenize_into(cfg, src, out, template, encoder, manifest)
+    if pretrain:
+        stats = tokenize_documents(cfg, src, out, encoder, manifest)
+    else:
+        stats = _tokenize_into(cfg, src, out, template, encoder, manifest)
     result = dict(stats, up_to_date=False)
     if cfg.show:
         result["examples"] = _examples(out, tokenizer, cfg.show, color)
