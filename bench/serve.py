@@ -6,9 +6,12 @@ process on 127.0.0.1 over the base model and two LoRA adapters made on the spot;
 concurrency (1, 16, 64 clients by default) every client sends its requests one after the other, as
 streaming chat completions for ``base``, ``a1``, ``a2`` in turn (mixed adapters), greedy and
 ``ignore_eos`` so every answer is exactly ``--max-tokens`` tokens and every run does the same work.
-The clients are asyncio tasks in this process. Measured at the client: generated tokens per second
-(all answers over the level's wall time), time to first token (request sent -> first text) and
-inter-token latency (gaps between text chunks of one answer), p50/p99.
+Both servers are up at once and take turns at each level (``--rounds`` turns each, in alternating
+order; the median turn is reported), so that a shared machine's changing load falls on both alike:
+compare the ratios, not the absolute numbers. The clients are asyncio tasks in this process. Measured
+at the client: generated tokens per second (all answers over the level's wall time), time to first
+token (request sent -> first text) and inter-token latency (gaps between text chunks of one answer),
+p50/p99.
 
 transformers' ``generate_batch`` (paged cache, its own scheduler) gets the same prompts, base model
 only (it has no per-request adapters), all submitted at once; its TTFT and latencies come from its
@@ -144,22 +147,42 @@ def start_server(config: dict) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def run_scheduler(scheduler: str, config: dict, prompt_sets: dict[int, list[str]], max_tokens: int,
-                  threads: int) -> list[dict]:
-    proc, url = start_server({**config, "scheduler": scheduler, "threads": threads})
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        asyncio.run(level(url, prompt_sets[min(prompt_sets)][:3], 1, max_tokens))  # warm-up
-        results = []
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_schedulers(schedulers: list[str], config: dict, prompt_sets: dict[int, list[str]], max_tokens: int,
+                   threads: int, rounds: int) -> dict[str, list[dict]]:
+    """Every scheduler's server up at once (an idle one waits on its queue and costs nothing); at each
+    level the schedulers take turns, ``rounds`` times, in alternating order, so that the load other
+    jobs put on a shared machine falls on all of them alike. Each level reports its median round
+    (by tokens/s) and every round's tokens/s."""
+    servers = {}
+    try:
+        for s in schedulers:
+            servers[s] = start_server({**config, "scheduler": s, "threads": threads})
+        for s, (_, url) in servers.items():
+            asyncio.run(level(url, prompt_sets[min(prompt_sets)][:3], 1, max_tokens))  # warm-up
+        results = {s: [] for s in schedulers}
         for clients, prompts in prompt_sets.items():
-            results.append(asyncio.run(level(url, prompts, clients, max_tokens)))
-            print(scheduler, json.dumps(results[-1]), flush=True)
+            runs = {s: [] for s in schedulers}
+            for r in range(rounds):
+                for s in (schedulers if r % 2 == 0 else schedulers[::-1]):
+                    runs[s].append(asyncio.run(level(servers[s][1], prompts, clients, max_tokens)))
+            for s in schedulers:
+                ordered = sorted(runs[s], key=lambda x: x["tokens_per_s"])
+                median = dict(ordered[len(ordered) // 2])
+                median["tokens_per_s_rounds"] = [x["tokens_per_s"] for x in runs[s]]
+                results[s].append(median)
+                print(s, json.dumps(median), flush=True)
         return results
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc, _ in servers.values():
+            stop_server(proc)
 
 
 def run_transformers(base: str, prompt_sets: dict[int, list[str]], max_tokens: int) -> dict:
@@ -205,6 +228,7 @@ def main() -> None:
     ap.add_argument("--min-requests", type=int, default=8, help="at least this many requests per level")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--schedulers", nargs="+", default=["wave", "continuous"])
+    ap.add_argument("--rounds", type=int, default=3, help="turns per scheduler and level (the median is reported)")
     ap.add_argument("--no-transformers", action="store_true", help="skip transformers' generate_batch")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="CPU threads of the model's math, in every contender (on a busy 2-core machine one thread "
@@ -218,15 +242,15 @@ def main() -> None:
     prompt_sets = {c: [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) + "?"
                        for _ in range(max(args.min_requests, c * args.requests_per_client))] for c in args.levels}
     config = {"model": base, "adapter": adapters, "max_batch_size": max(args.levels), "max_queue": 1024}
-    schedulers = {s: run_scheduler(s, config, prompt_sets, args.max_tokens, args.torch_threads)
-                  for s in args.schedulers}
+    schedulers = run_schedulers(args.schedulers, config, prompt_sets, args.max_tokens, args.torch_threads,
+                                args.rounds)
     import torch
 
     torch.set_num_threads(args.torch_threads)
     result = {
         "model": args.model or "tiny random llama (tests/helpers/tiny.py: hidden 64, 2 layers)",
         "adapters": "two random LoRA adapters (r=4, all linear); requests cycle base, a1, a2",
-        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
+        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "rounds": args.rounds,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": args.torch_threads,
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -42,11 +42,11 @@ def test_mixed_adapters_stream_and_stop_equal_sequential_greedy(served, monkeypa
         stop = [alone[3:5]] if i % 4 == 1 and len(alone.strip()) > 6 else []
         want = alone[:alone.find(stop[0])].rstrip() if stop else alone
         cases.append((model, question, max_tokens, stop, i % 2 == 0, want))
-    seen = []  # the adapters of every row of every forward, to see them mixed
-    model = srv.engine.model
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, **k: (seen.append(tuple(k.get("adapter_names") or ())),
-                                                           forward(*a, **k))[1])
+    seen = []  # the adapters of the rows of every forward, to see them mixed
+    batch = srv.batcher.batch
+    assert batch.row_lora is not None  # plain LoRA adapters: mixed rows share one forward through RowLoRA
+    adapters = batch._adapters
+    monkeypatch.setattr(batch, "_adapters", lambda part: (seen.append(tuple(part.adapters)), adapters(part))[1])
     with ThreadPoolExecutor(12) as pool:
         got = list(pool.map(lambda c: _ask(served["client"], *c[:5]), cases))
     for (model_name, question, max_tokens, stop, stream, want), (text, finish) in zip(cases, got):
@@ -139,3 +139,37 @@ def test_wave_scheduler_behind_the_flag(tiny_models):
         assert text == reference(srv, "base", HELLO, 8)
     finally:
         srv.batcher.stop()
+
+
+def test_newcomers_are_prefilled_together_but_never_held_long(served):
+    """With nothing decoding a request starts at once; while rows decode, newcomers that arrive one
+    by one wait a few steps so that they share one prefill forward, and never longer."""
+    from instructglm.generation import SamplingConfig
+    from instructglm.serve.batcher import GenRequest
+    from instructglm.serve.continuous import ADMIT_AFTER_STEPS
+
+    srv = served["server"]
+    batcher = ContinuousBatcher(srv.engine, srv.batcher.adapters)  # driven step by step here, not started
+    ids = srv.engine.text_ids("Hello there")
+
+    def arrive(adapter="base"):
+        batcher.submit(GenRequest(prompt_ids=ids, sampling=SamplingConfig(max_new_tokens=50), adapter=adapter,
+                                  ignore_eos=True))
+        batcher._take(block=False)
+
+    arrive()
+    batcher._step()
+    assert len(batcher.batch.running.rows) == 1 and not batcher._waiting  # admitted and prefilled at once
+    held = 0
+    for adapter in ("a1", "a2"):
+        arrive(adapter)
+        batcher._step()
+        held += 1
+    while batcher._waiting:
+        batcher._step()
+        held += 1
+    assert 2 <= held <= ADMIT_AFTER_STEPS + 1 and batcher.stats["batches"] == 2  # both newcomers in one group
+    while batcher.batch.prefilling:
+        batcher._step()
+    assert [r.adapter for r in batcher.batch.running.rows] == [None, "a1", "a2"]
+    batcher._fail("test over")

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +25,8 @@ from instructglm.generation.sampling import SamplingConfig, pick_next
 from instructglm.generation.text import TextStream
 
 DEFAULT_CONTEXT = 2048  # when a model's config does not say how long its context is
+
+log = logging.getLogger(__name__)
 
 
 def left_pad(prompts: list[list[int]], pad: int):
@@ -49,22 +52,82 @@ class Row:
     cancelled: Callable[[], bool] = lambda: False  # checked every step: the client went away
     on_end: Callable[[], None] = lambda: None  # called as soon as the row leaves the batch
     adapter: str | None = None  # DecodeBatch with mixed adapters: this row's LoRA adapter (None: the base)
+    on_error: Callable[[BaseException], None] = lambda error: None  # the row failed and left; the others go on
 
 
-def hand_out(rows: list[Row], tokens: list[int]) -> list[int]:
+def hand_out(rows: list[Row], tokens: list[int], errors: dict | None = None) -> list[int]:
     """Give each row its next token (a cancelled row ends instead); the indices of the rows still going.
-    A row that is over has its ``on_end`` called here, before the next step."""
+    A row that is over has its ``on_end`` called here, before the next step. A row whose token could
+    not be picked (``errors``: row index -> exception) or whose text or client fails leaves with its
+    ``on_error`` called: one request's failure never ends the others."""
     keep = []
     for j, (row, token) in enumerate(zip(rows, tokens)):
-        if row.cancelled():
-            row.stream.cancel()
-        else:
-            row.stream.push(token)
-        if row.stream.done:
-            row.on_end()
-        else:
-            keep.append(j)
+        try:
+            if errors and j in errors:
+                raise errors[j]
+            if row.cancelled():
+                row.stream.cancel()
+            else:
+                row.stream.push(token)
+            if row.stream.done:
+                row.on_end()
+                continue
+        except Exception as e:  # noqa: BLE001 - whatever it is, it is this row's alone
+            _row_failed(row, e)
+            continue
+        keep.append(j)
     return keep
+
+
+def _row_failed(row: Row, error: BaseException) -> None:
+    try:
+        row.on_error(error)
+    except Exception:  # noqa: BLE001 - reporting the failure failed too: the other rows still go on
+        log.exception("reporting a failed row failed")
+
+
+def pick_rows(logits, temperatures, top_ps, generator):
+    """:func:`pick_next` for the whole batch: (tokens, {row index: exception}). When the batch's draw
+    fails (a row whose settings or logits cannot be sampled), rows are drawn one by one so that only
+    the rows that fail do; their token is a placeholder, never shown."""
+    import torch
+
+    try:
+        return pick_next(logits, temperatures, top_ps, generator), {}
+    except Exception:  # noqa: BLE001 - which row failed is found below, row by row
+        tokens, errors = [], {}
+        for j in range(logits.shape[0]):
+            try:
+                tokens.append(pick_next(logits[j:j + 1], temperatures[j:j + 1], top_ps[j:j + 1], generator))
+            except Exception as e:  # noqa: BLE001
+                errors[j] = e
+                tokens.append(torch.zeros(1, dtype=torch.long, device=logits.device))
+        return torch.cat(tokens), errors
+
+
+def cache_keyword(model) -> str:
+    """The forward keyword that takes the KV cache. Current transformers call it ``cache`` (and warn
+    on ``past_key_values``); older versions and remote-code models know only ``past_key_values``, and
+    PEFT prompt learning sets ``past_key_values`` itself (it would clash with ``cache``)."""
+    import inspect
+
+    configs = getattr(model, "peft_config", None) or {}
+    if any(getattr(c, "is_prompt_learning", False) for c in configs.values()):
+        return "past_key_values"
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward returned, under its current name (``cache``) or its old one."""
+    for key in ("cache", "past_key_values"):
+        if key in out:
+            return out[key]
+    return None
 
 
 class _FeedStreams:
@@ -90,6 +153,13 @@ class Engine:
         self.encoder = SegmentEncoder(tokenizer)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.cache_key = cache_keyword(model)
+
+    def forward(self, ids, mask, pos, cache, **extra):
+        """One forward over ``ids`` with the KV cache ``cache`` (None: a new one); (last logits, cache)."""
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **{self.cache_key: cache}, **extra)
+        return out.logits[:, -1, :], returned_cache(out)
 
     @property
     def device(self):
@@ -137,9 +207,12 @@ class Engine:
             stream.finish()
         return [s.text for s in streams]
 
-    def decode(self, rows: list[Row], generator) -> None:
+    def decode(self, rows: list[Row], generator, handing=None) -> None:
         """Generate every row step by step over one KV cache (greedy or temperature/top-p sampled per
-        row, drawn from ``generator``); a finished or cancelled row leaves the batch at once."""
+        row, drawn from ``generator``); a finished or cancelled row leaves the batch at once.
+        ``handing()``: a context around each step's hand-out of tokens (``serve`` sends the step's text in one go)."""
+        import contextlib
+
         import torch
 
         device = self.device
@@ -152,11 +225,11 @@ class Engine:
         live = list(rows)
         with torch.inference_mode():
             while live:
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
-                tokens = pick_next(out.logits[:, -1, :], temps, top_ps, generator).tolist()
-                keep = hand_out(live, tokens)
+                logits, cache = self.forward(ids, mask, pos, cache)
+                picked, errors = pick_rows(logits, temps, top_ps, generator)
+                tokens = picked.tolist()
+                with (handing or contextlib.nullcontext)():
+                    keep = hand_out(live, tokens, errors)
                 if not keep:
                     break
                 if len(keep) < len(live):

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from instructglm.config import opt
+from instructglm.config import SEED, check_numbers, opt
 from instructglm.errors import UserError
 from instructglm.generation.engine import Engine
 from instructglm.serve.batcher import BASE, Batcher, Scheduler
@@ -32,24 +32,21 @@ class ServeConfig:
     adapter: list[str] = opt([], help="trained adapter as NAME=PATH (or PATH); repeat for several")
     template: str | None = opt(None, help="prompt template of the base model (adapters use their own)")
     host: str = opt("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
-    port: int = opt(8000, help="TCP port")
+    port: int = opt(8000, help="TCP port", min=0, max=65535)
     api_key: str | None = opt(None, help="require 'Authorization: Bearer KEY' on every API route "
                                          "(or set INSTRUCTGLM_API_KEY)")
-    max_batch_size: int = opt(16, help="requests generated together in one batch")
+    max_batch_size: int = opt(16, help="requests generated together in one batch", min=1)
     scheduler: Literal["continuous", "wave"] = opt("continuous", help="continuous: requests join the running batch "
                                                    "at the next step; wave: the old per-wave batcher (comparison)")
-    prefill_tokens: int = opt(512, help="continuous scheduler: prompt tokens of newcomers fed per step")
-    default_max_tokens: int = opt(256, help="max_tokens when a request does not say")
-    max_messages: int = opt(256, help="most messages in one chat request")
-    max_body_bytes: int = opt(1_000_000, help="largest request body")
-    max_queue: int = opt(256, help="requests waiting or running before new ones get 429")
-    seed: int = opt(0, help="sampling seed")
+    prefill_tokens: int = opt(512, help="continuous scheduler: prompt tokens of newcomers fed per step", min=1)
+    default_max_tokens: int = opt(256, help="max_tokens when a request does not say", min=1)
+    max_messages: int = opt(256, help="most messages in one chat request", min=1)
+    max_body_bytes: int = opt(1_000_000, help="largest request body", min=1)
+    max_queue: int = opt(256, help="requests waiting or running before new ones get 429", min=1)
+    seed: int = opt(0, help="sampling seed", **SEED)
 
     def validate(self) -> None:
-        for name in ("port", "max_batch_size", "default_max_tokens", "max_messages", "max_body_bytes", "max_queue",
-                     "prefill_tokens"):
-            if getattr(self, name) < (0 if name == "port" else 1):
-                raise UserError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
+        check_numbers(self)  # the ranges declared above, for configs built in code (the CLI checked them already)
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("--api-key: must not be empty")
 

@@ -33,6 +33,31 @@ from instructglm.serve.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+_handing = threading.local()
+
+
+@contextlib.contextmanager
+def handing_out():
+    """The scheduler thread hands a step's tokens out inside this: sinks that would wake another
+    thread for each event (:class:`~instructglm.serve.replies.Mailbox`) wake it once, at the end."""
+    _handing.wakes = wakes = {}
+    try:
+        yield
+    finally:
+        _handing.wakes = None
+        for wake in wakes.values():
+            wake()
+
+
+def wake_after_handing(key, wake) -> bool:
+    """Inside :func:`handing_out`: ``wake()`` runs once at its end (once per ``key``); True. Else False."""
+    wakes = getattr(_handing, "wakes", None)
+    if wakes is None:
+        return False
+    wakes.setdefault(key, wake)
+    return True
+
+
 @dataclass(frozen=True)
 class Delta:
     text: str
@@ -131,8 +156,14 @@ class Scheduler:
             metrics.finished(req, stream.reason, stream.tokens, time.monotonic())
             req.sink(Done(stream.reason, stream.tokens))
 
+        def failed(error: BaseException) -> None:  # this request alone: the rest of the batch goes on
+            log.error("request %s failed: %s: %s", req.id, type(error).__name__, error)
+            self.stats["errors"] += 1
+            metrics.finished(req, "error", stream.tokens, time.monotonic())
+            req.sink(Failed(f"generation failed: {type(error).__name__}"))
+
         return Row(req.prompt_ids, stream, req.sampling, req.cancelled.is_set, end,
-                   None if req.adapter == BASE else req.adapter)
+                   None if req.adapter == BASE else req.adapter, failed)
 
 
 class Batcher(Scheduler):
@@ -202,4 +233,4 @@ class Batcher(Scheduler):
         self.stats["batches"] += 1
         self.stats["max_batch"] = max(self.stats["max_batch"], len(waiting))
         with self._adapter(adapter):
-            self.engine.decode([self._row(r) for r in waiting], self.rng)
+            self.engine.decode([self._row(r) for r in waiting], self.rng, handing_out)

@@ -28,9 +28,12 @@ from collections import deque
 
 from instructglm.generation.batch import DecodeBatch, cache_supported
 from instructglm.generation.engine import Engine, Row
-from instructglm.serve.batcher import Failed, GenRequest, Scheduler
+from instructglm.serve.batcher import Failed, GenRequest, Scheduler, handing_out
 
 log = logging.getLogger(__name__)
+
+ADMIT_AFTER_STEPS = 3  # while rows decode, newcomers wait at most this many steps to be prefilled together
+ADMIT_ROWS = 8  # ... or until this many wait
 
 
 def lora_only(model) -> bool:
@@ -49,11 +52,11 @@ def why_not_continuous(engine: Engine) -> str | None:
     ids = torch.tensor([[engine.pad, engine.pad]], device=engine.device)
     try:  # the wave scheduler's forward takes the same arguments: a model that refuses them fails there too
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+            _, cache = engine.forward(ids, torch.ones_like(ids), None, None)
     except (TypeError, ValueError) as e:
         return f"a probe forward with a KV cache failed ({type(e).__name__}: {e})"
-    if not cache_supported(getattr(out, "past_key_values", None)):
-        return f"its KV cache ({type(getattr(out, 'past_key_values', None)).__name__}) cannot be merged row by row"
+    if not cache_supported(cache):
+        return f"its KV cache ({type(cache).__name__}) cannot be merged row by row"
     return None
 
 
@@ -69,9 +72,10 @@ class ContinuousBatcher(Scheduler):
     def __init__(self, engine: Engine, adapters: list[str] | None = None, max_batch: int = 16, seed: int = 0,
                  prefill_tokens: int = 512):
         super().__init__(engine, adapters, max_batch, seed)
-        self.batch = DecodeBatch(engine, self.rng, prefill_tokens, mixed=lora_only(engine.model))
+        self.batch = DecodeBatch(engine, self.rng, prefill_tokens, mixed=lora_only(engine.model), handing=handing_out)
         self._waiting: deque[GenRequest] = deque()  # taken off the queue, not yet in the batch
         self._live: dict[int, GenRequest] = {}  # id(row) -> its request, while the row is in the batch
+        self._held = 0  # steps the waiting requests have been held back (see _ready)
 
     def queued(self) -> int:
         return self._queue.qsize() + len(self._waiting)
@@ -115,21 +119,36 @@ class ContinuousBatcher(Scheduler):
                 self.stats["active"] -= 1
                 continue
             row = self._row(req)
-            row.on_end = self._ended(row, row.on_end)
+            row.on_end, row.on_error = self._ended(row, row.on_end), self._ended(row, row.on_error)
             self._live[id(row)] = req
             rows.append(row)
         return rows
 
     def _ended(self, row: Row, end):
-        def ended() -> None:
-            self._live.pop(id(row), None)
-            self.stats["active"] -= 1
-            end()
+        """``end`` (the row's ``on_end`` or ``on_error``), run once the row is out of the books."""
+        def ended(*error) -> None:
+            if self._live.pop(id(row), None) is not None:  # once, even if ending raises and then fails it
+                self.stats["active"] -= 1
+                end(*error)
         return ended
+
+    def _ready(self) -> bool:
+        """Whether the waiting requests start their prefill now. A prefill is a forward of its own
+        next to the step's decode, so while rows are decoding newcomers that trickle in one by one
+        are gathered for a few steps (at most ``ADMIT_AFTER_STEPS``, or until ``ADMIT_ROWS`` wait or
+        every free slot is spoken for) and prefilled together; with nothing decoding they start at once."""
+        if not self._waiting:
+            self._held = 0
+            return False
+        free = self.max_batch - len(self.batch)
+        self._held += 1
+        return (self.batch.running is None or self._held > ADMIT_AFTER_STEPS
+                or len(self._waiting) >= min(free, ADMIT_ROWS))
 
     def _step(self) -> None:
         batch = self.batch
-        if not batch.prefilling:
+        if not batch.prefilling and self._ready():
+            self._held = 0
             rows = self._admit()
             if rows:
                 batch.admit(rows)

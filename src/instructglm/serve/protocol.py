@@ -7,12 +7,14 @@ Checks here are the API's own: JSON types, content parts, limits, unsupported op
 """
 
 import re
+from collections import deque
 
-from instructglm.generation.sampling import SamplingConfig, SamplingError
+from instructglm.generation.sampling import FLOAT32_TINY, SamplingConfig, SamplingError
 from instructglm.record import Conversation, RecordError
 from instructglm.serve.batcher import GenRequest
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range; the command line allows more
+UNSUPPORTED = ("tools", "functions", "logprobs", "logit_bias")  # refused when given, rather than ignored
 API_NAMES = {"max_new_tokens": "max_tokens"}  # sampling option -> request field, where they differ
 _FIELD = re.compile(r"^(messages\[\d+\](?:\.\w+)?)")
 
@@ -25,6 +27,31 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def check_text(body) -> None:
+    """Refuse a lone surrogate anywhere in the body (JSON can write ``"\\ud800"``; it is no character, and
+    neither a tokenizer nor UTF-8 takes it): a 400 naming the field, e.g. ``messages[0].content``."""
+    todo = deque([("", body)])
+    while todo:  # a loop, not recursion: the body may nest as deep as the JSON parser allowed
+        path, value = todo.popleft()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_string(key, path, key=True)  # named by its object: the key cannot be shown
+                todo.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            todo += [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+        elif isinstance(value, str):
+            _check_string(value, path)
+
+
+def _check_string(text: str, path: str, key: bool = False) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = (f"a key of '{path}'" if path else "a key of the body") if key else f"'{path}'"
+        raise APIError(400, f"{where} holds a lone surrogate (\\u{ord(text[e.start]):04x}), which is not valid "
+                            "Unicode text", path or None, "invalid_text") from None
 
 
 def _number(body: dict, key: str, default: float) -> float:
@@ -93,11 +120,16 @@ def parse_messages(body: dict, limit: int) -> Conversation:
 
 
 def parse_sampling(body: dict, max_tokens: int) -> SamplingConfig:
-    temperature = _number(body, "temperature", 0.0)
+    temperature, top_p = _number(body, "temperature", 0.0), _number(body, "top_p", 1.0)
     if temperature > MAX_TEMPERATURE:
         raise APIError(400, f"'temperature' must be at most {MAX_TEMPERATURE:g}", "temperature")
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if 0 < value < FLOAT32_TINY:  # would be 0 (or lose its precision) in float32: nothing could be drawn
+            raise APIError(400, f"'{name}' is too small to sample with ({value:g}); use at least "
+                                f"{FLOAT32_TINY:.3g}" + (" or 0 for greedy decoding" if name == "temperature" else ""),
+                           name)
     try:
-        return SamplingConfig(max_new_tokens=max_tokens, temperature=temperature, top_p=_number(body, "top_p", 1.0))
+        return SamplingConfig(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
     except SamplingError as e:
         name = API_NAMES.get(e.field, e.field)
         raise APIError(400, f"'{name}' {e.problem}", name) from None
@@ -106,7 +138,7 @@ def parse_sampling(body: dict, max_tokens: int) -> SamplingConfig:
 def _request(server, body: dict, prompt_ids: list[int], stops: tuple, strip: bool) -> GenRequest:
     if body.get("n") not in (None, 1):
         raise APIError(400, "only n=1 is supported", "n")
-    for key in ("tools", "functions", "logprobs"):
+    for key in UNSUPPORTED:
         if body.get(key):
             raise APIError(400, f"'{key}' is not supported by this server", key)
     wanted = positive_int(body, "max_tokens") or positive_int(body, "max_completion_tokens") \

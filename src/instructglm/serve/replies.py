@@ -1,16 +1,66 @@
 """Answers in the OpenAI format: one JSON body, or server-sent events as the text comes.
 
 The batcher thread hands events to the request's ``sink``; they cross into the event loop through
-an :class:`asyncio.Queue`. A client that goes away (a closed stream, or a dropped connection while
+a :class:`Mailbox` (one wake-up of the loop per burst, not per token and row) into the request's
+:class:`asyncio.Queue`. A client that goes away (a closed stream, or a dropped connection while
 waiting for a whole answer) cancels its request so the row leaves the batch at the next step.
 """
 
 import asyncio
 import json
+import threading
 import time
+import weakref
 
-from instructglm.serve.batcher import Delta, Done, Failed, GenRequest
+from instructglm.serve.batcher import Delta, Done, Failed, GenRequest, wake_after_handing
 from instructglm.serve.protocol import APIError, flag
+
+
+class Mailbox:
+    """Events posted from the scheduler thread, delivered into one event loop's queues in bursts.
+
+    A step of the batch gives every row a token: waking the loop once per event (``call_soon_threadsafe``
+    writes to its self-pipe each time) cost a system call and a GIL hand-over per row and token, and
+    under load the scheduler thread waited for the GIL after each. Here events are delivered in
+    bursts: a step's hand-out wakes the loop once at its end, and otherwise only the first event
+    since the last delivery wakes it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock, self.pending = loop, threading.Lock(), []
+        self.woken = False  # a delivery is scheduled on the loop and has not started yet
+
+    def post(self, events: asyncio.Queue, event) -> None:
+        with self.lock:
+            self.pending.append((events, event))
+            if self.woken:
+                return
+        if not wake_after_handing(self, self._wake):  # inside a step's hand-out: wake once at its end
+            self._wake()
+
+    def _wake(self) -> None:
+        with self.lock:
+            if self.woken or not self.pending:
+                return
+            self.woken = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            pending, self.pending, self.woken = self.pending, [], False
+        for events, event in pending:
+            events.put_nowait(event)
+
+
+_MAILBOXES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox]" = weakref.WeakKeyDictionary()
+
+
+def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
+    """The mailbox of ``loop`` (runs on the loop: no race in making it)."""
+    box = _MAILBOXES.get(loop)
+    if box is None:
+        box = _MAILBOXES[loop] = Mailbox(loop)
+    return box
 
 
 class Reply:
@@ -110,9 +160,9 @@ async def respond(request, server, req: GenRequest, body: dict, chat: bool):
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options")
     include_usage = flag(options, "include_usage")
-    loop = asyncio.get_running_loop()
+    box = mailbox(asyncio.get_running_loop())
     events: asyncio.Queue = asyncio.Queue()
-    req.sink = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    req.sink = lambda event: box.post(events, event)
     reply = Reply(req, chat)
     batcher.submit(req)
     if not stream:

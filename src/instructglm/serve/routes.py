@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from instructglm.serve.app import Server
-from instructglm.serve.protocol import APIError, chat_request, completion_request
+from instructglm.serve.protocol import APIError, chat_request, check_text, completion_request
 from instructglm.serve.replies import respond
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,11 @@ async def read_body(request: Request) -> dict:
         body = json.loads(bytes(data))
     except (ValueError, UnicodeDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    check_text(body)
     return body
 
 
@@ -147,11 +150,12 @@ def create_app(server: Server) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(_CatchAll, metrics=server.batcher.metrics)
     keyed = [Depends(require_key)]
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
-    app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=keyed)
-    app.add_api_route("/v1/models", list_models, methods=["GET"], dependencies=keyed)
-    app.add_api_route("/v1/models/{name}", get_model, methods=["GET"], dependencies=keyed)
+    read = ["GET", "HEAD"]  # HEAD: what load balancers and uptime checks send (uvicorn leaves the body out)
+    app.add_api_route("/health", health, methods=read)
+    app.add_api_route("/", index, methods=read, response_class=HTMLResponse)
+    app.add_api_route("/metrics", metrics, methods=read, dependencies=keyed)
+    app.add_api_route("/v1/models", list_models, methods=read, dependencies=keyed)
+    app.add_api_route("/v1/models/{name}", get_model, methods=read, dependencies=keyed)
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], dependencies=keyed)
     app.add_api_route("/v1/completions", completions, methods=["POST"], dependencies=keyed)
     return app
