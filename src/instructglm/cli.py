@@ -4,8 +4,9 @@ Every subcommand's options come from its config dataclass (``--kebab-case`` flag
 ``--snake_case`` names of ChatGLM-Tuning and Alpaca-LoRA, such as ``--lora_rank``, as aliases; a
 boolean flag also takes a value, ``--fp16 false``, as transformers' ``TrainingArguments`` do, and
 ``train`` accepts with a note the ``TrainingArguments`` flags those scripts pass that mean nothing here).
-``train`` also takes a YAML file and ``key=value`` overrides. User mistakes (``UserError``) print
-one line and exit with status 2, without a traceback.
+``train`` also takes a YAML file and ``key=value`` overrides, before or after the flags. Every value is
+checked by the config layer (:mod:`instructglm.config`: types, finite numbers, declared ranges) before
+anything is loaded. User mistakes (``UserError``) print one line and exit with status 2, without a traceback.
 
 :data:`VERBS` lists the subcommands: where the config class and the function live, and the line
 printed when a batch verb is done (the interactive ``chat``, ``serve`` and ``demo`` talk to the
@@ -41,6 +42,8 @@ def summary_tokenize(cfg, stats: dict) -> str:
     if stats.get("up_to_date"):
         return (f"{examples}{cfg.output}: up to date ({stats['rows_out']} rows; same input, tokenizer, template "
                 f"and options); --force to redo")
+    if stats.get("stage") == "pt":  # no template, nothing truncated: long documents are split into rows
+        return f"{examples}{stats['rows_out']} rows written to {cfg.output}; {stats['note']}"
     return (f"{examples}{stats['rows_out']} rows written to {cfg.output} in {stats.get('seconds', 0):.1f} s "
             f"({stats['rows_skipped']} skipped, {stats['rows_truncated']} truncated: "
             f"{stats.get('rows_truncated_prompt', 0)} in the prompt, {stats.get('rows_truncated_response', 0)} "
@@ -118,7 +121,8 @@ def _train_or_launch(function: Callable, cfg, args: argparse.Namespace):
 TRAINER_FLAGS_WITHOUT_MEANING = {
     "--remove_unused_columns": "a tokenized dataset holds only the columns training reads",
     "--report_to": "the training log is OUTPUT_DIR/trainer_log.jsonl",
-    "--overwrite_output_dir": "the output directory is written into whether it exists or not",
+    "--overwrite_output_dir": "a new run refuses a directory holding another run's checkpoints or result; give "
+                              "another --output_dir, or --resume latest",
     "--do_train": "train always trains",
 }
 
@@ -197,6 +201,8 @@ VERBS: dict[str, Verb] = {
                   "OpenAI-compatible HTTP API and chat page for a model and its adapters"),
     "report": Verb("report", "ReportConfig", "write_report", "write a self-contained HTML report of a run",
                    summary_report),
+    "board": Verb("board", "BoardConfig", "board",
+                  "local web UI (English/中文): data, training, runs, chat, evaluation, export"),
 }
 
 
@@ -265,9 +271,26 @@ def _fix_positionals(args: argparse.Namespace) -> None:
             if getattr(args, name, None):
                 raise UserError(f"give --{name.replace('_', '-')} once (positional or flag)")
             setattr(args, name, getattr(args, pos))
-    if args.command == "train" and args.config and "=" in args.config:
-        args.overrides.insert(0, args.config)
-        args.config = None
+    if args.command == "train":  # the YAML file and key=value overrides, in any order, before or after flags
+        words = [w for w in [args.config, *args.overrides, *getattr(args, "extra", [])] if w is not None]
+        files = [w for w in words if "=" not in w]
+        if len(files) > 1:
+            raise UserError(f"train takes one YAML config file, got {', '.join(files)} (overrides are key=value)")
+        args.config, args.overrides = (files or [None])[0], [w for w in words if "=" in w]
+
+
+def parse_command_line(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """``argv`` (as :meth:`Verb.prepare` leaves it) read by ``parser`` (default :func:`build_parser`):
+    ``train``'s ``key=value`` overrides may also come after flags. Anything else unknown exits as
+    argparse does (status 2, with the usage)."""
+    parser = parser or build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse reads the positionals of train (YAML file, overrides) in one run: those after a flag come back here
+    args.extra = [w for w in extra if args.command == "train" and "=" in w and not w.startswith("-")]
+    if len(args.extra) < len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(w for w in extra if w not in args.extra)}")
+    args.argv = argv
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"instructglm {command}: error: {e}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
-    args.argv = argv
+    args = parse_command_line(argv)
     console.setup(quiet=args.quiet, verbose=args.verbose)
     for note in notes if not args.quiet else []:
         print(f"instructglm {args.command}: note: {note}", file=sys.stderr)

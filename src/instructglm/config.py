@@ -8,7 +8,7 @@ the flat keys. The same dataclass drives three things:
 
 * ``add_arguments`` turns the options into ``--kebab-case`` flags (plus any legacy aliases),
 * ``load_config`` merges a YAML file, ``key=value`` overrides and flags, in that order,
-  checking every key and type and naming the offending key in the error,
+  checking every key, type and number and naming the offending key and where it came from,
 * ``to_yaml`` writes the fully resolved config next to the results.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import types
 import typing
 from pathlib import Path
@@ -29,14 +30,82 @@ from instructglm.errors import UserError
 _MISSING = dataclasses.MISSING
 
 
-def opt(default: Any = _MISSING, help: str = "", aliases: tuple[str, ...] = (), **kw: Any) -> Any:
-    """A dataclass field with help text and optional extra flag names (e.g. ChatGLM-Tuning's ``--lora_rank``)."""
-    metadata = {"help": help, "aliases": aliases}
+def opt(default: Any = _MISSING, help: str = "", aliases: tuple[str, ...] = (), *, min: float | None = None,
+        max: float | None = None, above: float | None = None, below: float | None = None, finite: bool = True,
+        **kw: Any) -> Any:
+    """A dataclass field with help text and optional extra flag names (e.g. ChatGLM-Tuning's ``--lora_rank``).
+
+    A number's allowed values are declared here and checked in one place (:func:`number_problem`),
+    wherever the value comes from: ``min``/``max`` are inclusive bounds, ``above``/``below`` exclusive
+    ones; a float must be finite (no nan/inf) unless ``finite=False``; an int must fit in 64 bits."""
+    metadata = {"help": help, "aliases": aliases, "range": Range(min, max, above, below), "finite": finite}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kw)
     if default is _MISSING:
         return dataclasses.field(metadata=metadata, **kw)
     return dataclasses.field(default=default, metadata=metadata, **kw)
+
+
+INT64 = (-2**63, 2**63 - 1)  # what torch and numpy take as an integer
+SEED = {"min": 0, "max": 2**32 - 1}  # the seeds numpy (and so accelerate's set_seed) accept: opt(..., **SEED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a number option (None: no bound on that side)."""
+
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def __str__(self) -> str:  # as --help and the errors say it: "at least 1", "> 0", "in [0, 1)"
+        low = self.min if self.min is not None else self.above
+        high = self.max if self.max is not None else self.below
+        if low is not None and high is not None:
+            if self.min is not None and self.max is not None:
+                return f"between {_num(low)} and {_num(high)}"
+            return f"in {'[(' [self.min is None]}{_num(low)}, {_num(high)}{'])' [self.max is None]}"
+        if low is not None:
+            return ("at least 1" if low == 1 else f">= {_num(low)}") if self.min is not None else f"> {_num(low)}"
+        return "" if high is None else f"<= {_num(high)}" if self.max is not None else f"< {_num(high)}"
+
+    def allows(self, value: float) -> bool:
+        return ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)  # 4294967295 in full, 1.17549e-38 short
+
+
+def number_problem(value: Any, field: dataclasses.Field) -> str | None:
+    """What is wrong with ``value`` as the number option ``field`` (None: nothing, or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if not field.metadata.get("finite", True) else f"must be a finite number, got {value}"
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        return f"must fit in 64 bits ({INT64[0]} to {INT64[1]}), got {shown(value)}"
+    limits = field.metadata.get("range") or Range()
+    return None if limits.allows(value) else f"must be {limits}, got {shown(value)}"
+
+
+def check_numbers(obj: Any, error: Any = None, cls: type | None = None) -> None:
+    """Check the number fields of the dataclass ``obj`` (those declared by ``cls``, default its own class)
+    against their declaration (see :func:`opt`), for a config built in code rather than by
+    :func:`load_config`; ``error(key, problem)`` makes the error (default: a UserError "key: problem")."""
+    prefix = getattr(obj, "KEY_PREFIX", "")
+    for f in dataclasses.fields(cls or obj):
+        problem = number_problem(getattr(obj, f.name), f)
+        if problem:
+            raise error(prefix + f.name, problem) if error else UserError(f"{prefix}{f.name}: {problem}")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``value`` as an error message shows it: a long value is cut (a 5,000-digit number is one line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -47,10 +116,6 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
         if len(args) == 1:
             return args[0], True
     return tp, False
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def group(cls: type, help: str = "") -> Any:
@@ -77,14 +142,14 @@ class Option:
 def options(cls: type) -> dict[str, Option]:
     """Every option of ``cls`` by flat key, in field order (a group's options where the group is)."""
     found: dict[str, Option] = {}
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("group"):
             found[f.name] = Option(f.name, None, f, hints[f.name])
             continue
         inner = hints[f.name]
         prefix = getattr(inner, "KEY_PREFIX", "")
-        inner_hints = _field_types(inner)
+        inner_hints = typing.get_type_hints(inner)
         for g in dataclasses.fields(inner):
             key = prefix + g.name
             if key in found:  # a programming error: two options would answer to one key
@@ -112,14 +177,14 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
                 return value.lower() in TRUE_WORDS
             raise ValueError(value)
-        if inner is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if inner in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        if inner is int:  # (a string of over 4,300 digits would make int() raise, not in this message's words)
+            if (isinstance(value, float) and not value.is_integer()) or (isinstance(value, str) and len(value) > 99):
                 raise ValueError(value)
             return int(value)
         if inner is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
+            return float(value)  # "nan" and "inf" are floats here; number_problem refuses them
         if inner is str:
             if isinstance(value, (dict, list)):
                 raise ValueError(value)
@@ -138,8 +203,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             if value not in choices:
                 raise UserError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
             return value
-    except (TypeError, ValueError):
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {shown(value)}") from None
     return value
 
 
@@ -186,8 +251,11 @@ def _add_option(parser, option: Option) -> None:
     inner, _ = _base_type(option.type)
     help_text = f.metadata.get("help", "")
     default = _default_text(f)
-    if default not in (None, "", [], _MISSING):
-        help_text += f" (default: {default})"
+    notes = [f"default: {default}"] if default not in (None, "", [], _MISSING) else []
+    limits = str(f.metadata.get("range") or "")
+    notes += [limits] if limits else []
+    if notes:
+        help_text += f" ({'; '.join(notes)})"
     if typing.get_origin(inner) is typing.Literal:
         help_text += f" [{'|'.join(map(str, typing.get_args(inner)))}]"
     kind = "flag" if inner is bool else "append" if typing.get_origin(inner) is list else "value"
@@ -260,18 +328,61 @@ def _group_help(cls: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _read_yaml(path: Path) -> dict:
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing an integer too long for Python to read with a line number (Python
+    raises a bare ValueError past 4,300 digits)."""
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > 100:
+            raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(node.value)} digits is too "
+                                                    "large", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """The mapping in the YAML file ``path`` and the line of each of its keys."""
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    loader = _Loader(path.read_text(encoding="utf-8"))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise UserError(f"{path}{':' + str(line + 1) if line is not None else ''}: invalid YAML: "
-                        f"{getattr(e, 'problem', e)}") from None
+                        f"{getattr(e, 'problem', None) or e}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config file must be a mapping of key: value")
-    return data
+    return data, {str(k.value): k.start_mark.line + 1 for k, _ in getattr(node, "value", ())}  # (None: empty)
+
+
+def _override(item: str) -> tuple[str, Any]:
+    """``key=value`` (the value read as YAML, so ``null``, ``[a, b]`` and ``1e-4`` mean what they do in a file)."""
+    if "=" not in item:
+        raise UserError(f"override '{item}': expected key=value")
+    key, text = item.split("=", 1)
+    try:
+        return key.strip(), _Loader(text).get_single_data() if text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"override {shown(item)}: invalid value: {getattr(e, 'problem', None) or e}") from None
+
+
+def _located(message: str, option: Option | None, origin: str) -> str:
+    """``message`` about ``option`` saying where its value came from: ``FILE:LINE`` of a config file,
+    ``override KEY=VALUE`` (on the command line) or ``flag`` (named with its other spellings)."""
+    if origin == "flag" and option is not None:
+        flag = "--" + option.key.replace("_", "-")
+        names = [flag, *(a for a in option.field.metadata.get("aliases", ()) if a.replace("_", "-") != flag)]
+        return f"{message} (flag {'/'.join(names)})"
+    if origin.startswith("override "):
+        return f"command line: {message} ({origin if len(origin) < 70 else origin[:60] + '...'})"
+    path, _, line = origin.rpartition(":")
+    return f"{path}: {message} (line {line})"
 
 
 def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[str] | None = None,
@@ -280,7 +391,9 @@ def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[
     by flat key (``lora_rank``, also for an option of a group). In ``flags``, a group's name may map
     to a dict of its flat keys (what :func:`add_arguments` leaves in the namespace).
 
-    Unknown keys and values of the wrong type raise :class:`UserError` naming the key.
+    Unknown keys, values of the wrong type and numbers out of their declared range (:func:`opt`)
+    raise :class:`UserError` naming the key and where the value came from (file and line, override
+    or flag), before any other check of the config.
     """
     known = options(cls)
     values: dict[str, Any] = {}
@@ -290,23 +403,27 @@ def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[
         if key not in known:
             close = [n for n in known if n.startswith(key[:4])]
             hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-            raise UserError(f"{origin}: unknown config key '{key}'{hint}")
-        values[key] = coerce(key, value, known[key].type)
+            raise UserError(_located(f"unknown config key '{key}'{hint}", None, origin))
+        try:
+            values[key] = coerce(key, value, known[key].type)
+            problem = number_problem(values[key], known[key].field)
+        except UserError as e:
+            raise UserError(_located(str(e), known[key], origin)) from None
+        if problem:
+            raise UserError(_located(f"{key}: {problem}", known[key], origin))
 
     if yaml_path is not None:
-        for k, v in _read_yaml(Path(yaml_path)).items():
-            put(str(k), v, str(yaml_path))
+        data, lines = _read_yaml(Path(yaml_path))
+        for k, v in data.items():
+            put(str(k), v, f"{yaml_path}:{lines.get(str(k), '?')}")
     for item in overrides or []:
-        if "=" not in item:
-            raise UserError(f"override '{item}': expected key=value")
-        k, v = item.split("=", 1)
-        put(k.strip(), yaml.safe_load(v) if v.strip() else None, "command line")
+        put(*_override(item), "override " + item)
     groups = {o.group for o in known.values()} - {None}
     for source in (flags or {}, fixed):
         for k, v in source.items():
             for key, value in (v.items() if k in groups and isinstance(v, dict) else [(k, v)]):
                 if value is not None:
-                    put(key, value, "command line")
+                    put(key, value, "flag")
     missing = [o.key for o in known.values() if o.required and o.key not in values]
     if missing:
         raise UserError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
@@ -327,7 +444,7 @@ def _build(cls: type, known: dict[str, "Option"], values: dict[str, Any]):
             top[option.field.name] = value
         else:
             by_group.setdefault(option.group, {})[option.field.name] = value
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     for name, given in by_group.items():
         top[name] = hints[name](**given)
     return cls(**top)

@@ -22,13 +22,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunInfo:
-    base_model: str | None = None  # as given to train (embedded name, hub id or directory)
+    base_model: str | None = None  # embedded name, hub id, or an absolute directory (see recorded_base)
     method: str = "lora"
     template: str | None = None
     tokenizer: str | None = None  # fingerprint of the tokenizer the data was encoded with
     dataset: str | None = None
     steps: int | None = None
     processes: int = 1
+    base_config: dict | None = None  # the base's family and sizes (models.adapters.base_signature)
     extra: dict = field(default_factory=dict)  # merged_from, merge_check, keys of newer versions
 
     def to_json(self) -> dict:
@@ -65,6 +66,17 @@ class RunInfo:
     @staticmethod
     def has(directory: str | Path) -> bool:
         return (Path(directory) / RUN_INFO).is_file()
+
+
+def recorded_base(spec: str) -> str:
+    """How a base model is recorded: an embedded name or hub id as given, a local directory or file as
+    an absolute path (so the result is usable from any working directory)."""
+    from instructglm.models.embedded import EMBEDDED
+
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED or not path.exists():
+        return spec
+    return str(path.resolve())
 
 
 def adapter_info(path: str | Path | None) -> RunInfo:

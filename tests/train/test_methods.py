@@ -101,10 +101,13 @@ def test_lora_and_ptuning_work_on_every_family(arch, tmp_path, tiny_models, data
 
 
 def test_dry_run_prints_config_and_counts(tmp_path, tiny_models, dataset, capsys):
+    # the largest seed allowed is one torch, numpy and random all take (the dry run seeds them);
+    # key=value overrides may come after the flags
     code = main(["-q", "train", "--dataset", str(dataset()), "--model", tiny_models("llama"), "-o",
-                 str(tmp_path / "o"), "--dry-run", "--lora-rank", "2"])
+                 str(tmp_path / "o"), "--dry-run", "--lora-rank", "2", "--seed", str(2**32 - 1), "lora_alpha=3"])
     out = capsys.readouterr().out
     assert code == 0 and "lora_rank: 2" in out and "# trainable parameters:" in out
+    assert "seed: 4294967295" in out and "lora_alpha: 3.0" in out
     assert not (tmp_path / "o").exists()
 
 

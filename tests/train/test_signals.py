@@ -20,6 +20,8 @@ from instructglm.constants import COMPLETE
 from instructglm.errors import UserError
 from instructglm.train import TrainConfig, train
 from instructglm.train.checkpoint import complete_checkpoints as _checkpoints
+from instructglm.train.identity import IDENTITY
+from instructglm.train.lock import LOCK
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,8 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, ca
     for name in _temp_dirs(out):
         assert name.startswith(f".checkpoint-{latest + 1}.tmp-"), (name, latest, seed)
     assert all(p.name.startswith(".checkpoint-") or p.name.startswith("checkpoint-") or p.name in (
-        "trainer_log.jsonl", "train_config.yaml", "runs") for p in out.iterdir()), [p.name for p in out.iterdir()]
+        "trainer_log.jsonl", "train_config.yaml", "runs", IDENTITY, LOCK) for p in out.iterdir()), \
+        [p.name for p in out.iterdir()]
     _resume(capsys, dataset, out, model, latest + 2)
 
 

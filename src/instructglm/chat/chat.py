@@ -29,8 +29,8 @@ HELP = ("commands: /reset forgets the conversation, /adapter [NAME] lists or swi
 @dataclass(kw_only=True)
 class ChatConfig(SamplingConfig):
     # longer than infer's default: a chat answer is open-ended, not a short reference answer
-    max_new_tokens: int = opt(256, help="at most this many tokens per answer")
-    model: str = opt("gemma3-270m", help="base model")
+    max_new_tokens: int = opt(256, help="at most this many tokens per answer", min=1)
+    model: str | None = opt(None, help="base model; default: the one the adapter was trained on, else gemma3-270m")
     adapter: list[str] = opt([], help="trained output directory; give NAME=PATH several times to load "
                                       "several adapters and switch with /adapter NAME")
     template: str | None = opt(None, help="prompt template; default: the adapter's, else alpaca")
@@ -67,7 +67,7 @@ class ChatSession:
 
         self.cfg, self.out = cfg, out or sys.stdout
         loaded = load_engine(cfg.model, *choose_adapters(cfg.adapter, cfg.template))
-        self.engine, self.template, self.names = loaded.engine, loaded.template, loaded.names
+        self.engine, self.template, self.names, self.base = loaded.engine, loaded.template, loaded.names, loaded.base
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.sampling = cfg.sampling()
         self.base_name = BASE
@@ -151,7 +151,7 @@ def chat(cfg: ChatConfig) -> dict:
     _utf8_streams()
     session = ChatSession(cfg)
     _line_editing()
-    who = f"{cfg.model}" + (f" with adapter {session.active}" if session.active else "")
+    who = f"{session.base}" + (f" with adapter {session.active}" if session.active else "")
     if len(session.names) > 1:
         who += f" (loaded: {', '.join(session.names)})"
     session.say(f"chatting with {who}; {HELP}")

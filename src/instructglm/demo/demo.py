@@ -22,13 +22,13 @@ DATA_DIR = Path(__file__).parent / "data"
 class DemoConfig:
     model: str = opt("gemma3-270m", help="base model to tune")
     work_dir: str = opt("runs/demo", help="where the demo writes its files")
-    max_steps: int = opt(90, help="optimizer steps")
-    batch_size: int = opt(8, help="rows per step")
-    learning_rate: float = opt(1e-3, help="peak learning rate")
-    lora_rank: int = opt(16, help="LoRA rank")
-    max_new_tokens: int = opt(32, help="tokens generated per answer")
-    show: int = opt(10, help="held-out examples to print side by side")
-    test_limit: int | None = opt(None, help="evaluate only the first N held-out records")
+    max_steps: int = opt(90, help="optimizer steps", min=1)
+    batch_size: int = opt(8, help="rows per step", min=1)
+    learning_rate: float = opt(1e-3, help="peak learning rate", above=0)
+    lora_rank: int = opt(16, help="LoRA rank", min=1)
+    max_new_tokens: int = opt(32, help="tokens generated per answer", min=1)
+    show: int = opt(10, help="held-out examples to print side by side", min=0)
+    test_limit: int | None = opt(None, help="evaluate only the first N held-out records", min=1)
 
 
 def _clip(text: str | None, width: int = 70) -> str:
@@ -76,8 +76,13 @@ def _prepare_data(cfg: DemoConfig, work: Path) -> dict:
 
 
 def _tune(cfg: DemoConfig, work: Path) -> dict:
+    import shutil
+
     from instructglm.train import TrainConfig, train
 
+    # The demo's work directory is its own scratch space: each demo trains afresh (a run directory
+    # otherwise refuses a new run over another run's result).
+    shutil.rmtree(work / "adapter", ignore_errors=True)
     return train(load_config(TrainConfig, dataset=str(work / "tokenized"), output_dir=str(work / "adapter"),
                              model=cfg.model, method="lora", lora_rank=cfg.lora_rank,
                              lora_alpha=2.0 * cfg.lora_rank, lora_dropout=0.0, learning_rate=cfg.learning_rate,

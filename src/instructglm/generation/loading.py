@@ -20,6 +20,7 @@ class Loaded:
     template: object  # instructglm.templates.Template
     adapters: dict[str, str]  # name -> directory, in --adapter order
     names: list[str]  # the adapters attached to the model (names[0] is active)
+    base: str = ""  # the base model as given or recorded by the adapters (models.adapters.choose_base)
 
     @property
     def model(self):
@@ -41,9 +42,11 @@ def choose_adapters(adapter_specs: list[str] | str | None, template: str | None)
 
 
 def load_engine(model: str | None, adapters: dict[str, str], template_name: str) -> Loaded:
-    """Load the model once with every adapter attached, and the template (``model`` needs the tokenizer)."""
-    from instructglm.models.adapters import load_with_adapters
+    """Load the model once with every adapter attached, and the template (``model`` needs the tokenizer).
+    ``model`` None is the base the adapters were trained on; each adapter is checked against the base."""
+    from instructglm.models.adapters import choose_base, load_with_adapters
     from instructglm.templates import get_template
 
-    loaded_model, tokenizer, names = load_with_adapters(model, adapters)
-    return Loaded(Engine(loaded_model, tokenizer), get_template(template_name, tokenizer), adapters, names)
+    base = choose_base(model, adapters)
+    loaded_model, tokenizer, names = load_with_adapters(base, adapters)
+    return Loaded(Engine(loaded_model, tokenizer), get_template(template_name, tokenizer), adapters, names, base)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from instructglm.config import opt
+from instructglm.config import SEED, check_numbers, opt
 from instructglm.errors import UserError
+
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a smaller top_p is 0 where sampling runs
+MIN_TEMPERATURE = 1e-5  # a smaller temperature samples as this one (the logits would overflow float32)
 
 
 class SamplingError(UserError):
@@ -25,28 +28,23 @@ class SamplingError(UserError):
 
 @dataclass
 class SamplingConfig:
-    max_new_tokens: int = opt(128, help="tokens to generate per answer")
-    temperature: float = opt(0.0, help="0 = greedy decoding; > 0 samples")
-    top_p: float = opt(1.0, help="nucleus sampling (with temperature > 0)")
-    top_k: int = opt(0, help="sample from the k most likely tokens (with temperature > 0); 0 = off")
-    repetition_penalty: float = opt(1.0, help="> 1 discourages repeating tokens (greedy or sampled)")
-    seed: int = opt(0, help="sampling seed")
+    """The ranges (checked by the config layer, :func:`instructglm.config.number_problem`, also when
+    ``serve`` builds one per request): every number finite; ``top_p`` in [FLOAT32_TINY, 1] since
+    sampling runs in float32 and a smaller top_p would be 0 there, leaving nothing to draw."""
+
+    max_new_tokens: int = opt(128, help="tokens to generate per answer", min=1)
+    temperature: float = opt(0.0, help="0 = greedy decoding; > 0 samples", min=0, max=100)
+    top_p: float = opt(1.0, help="nucleus sampling (with temperature > 0)", min=FLOAT32_TINY, max=1)
+    top_k: int = opt(0, help="sample from the k most likely tokens (with temperature > 0); 0 = off", min=0)
+    repetition_penalty: float = opt(1.0, help="> 1 discourages repeating tokens (greedy or sampled)", above=0)
+    seed: int = opt(0, help="sampling seed", **SEED)
 
     def __post_init__(self) -> None:
         self.check_sampling()
 
     def check_sampling(self) -> None:
-        # written as "not (in range)" so that NaN (which JSON bodies may carry) is refused too
-        if not self.max_new_tokens >= 1:
-            raise SamplingError("max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise SamplingError("temperature", f"must be 0 (greedy) or positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise SamplingError("top_p", f"must be in (0, 1], got {self.top_p}")
-        if not self.top_k >= 0:
-            raise SamplingError("top_k", f"must be 0 (off) or positive, got {self.top_k}")
-        if not self.repetition_penalty > 0:
-            raise SamplingError("repetition_penalty", f"must be positive, got {self.repetition_penalty}")
+        # SamplingConfig's own declarations, also for a command config that redeclares a field (chat)
+        check_numbers(self, SamplingError, SamplingConfig)
 
     def sampling(self) -> "SamplingConfig":
         """Just the sampling options (of a command config that inherits them)."""
@@ -55,7 +53,8 @@ class SamplingConfig:
     def generate_options(self) -> dict:
         """These options as transformers' ``generate`` keywords."""
         if self.temperature > 0:
-            options = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+            options = dict(do_sample=True, temperature=max(self.temperature, MIN_TEMPERATURE), top_p=self.top_p,
+                           top_k=self.top_k)
         else:  # a model's generation_config may hold sampling defaults: switch them off explicitly
             options = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self.repetition_penalty != 1.0:
@@ -72,7 +71,7 @@ def pick_next(logits, temperatures, top_ps, generator):
     sampled = temperatures > 0
     if not bool(sampled.any()):
         return greedy
-    probs = torch.softmax(logits.float() / temperatures.clamp(min=1e-5)[:, None], dim=-1)
+    probs = torch.softmax(logits.float() / temperatures.clamp(min=MIN_TEMPERATURE)[:, None], dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)
     outside = (sorted_p.cumsum(-1) - sorted_p) >= top_ps[:, None]  # the most likely token always stays
     sorted_p = sorted_p.masked_fill(outside, 0.0)

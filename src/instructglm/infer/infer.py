@@ -63,9 +63,9 @@ class InferConfig(SamplingConfig):
     format: str = opt("auto", help="data format (as in 'convert'): auto or a format name")
     map: list[str] = opt([], help="read a layout no format lists, as 'convert --map': FIELD=KEY, e.g. "
                                   "--map instruction=question --map output=std_answer (the reply's key may be absent)")
-    batch_size: int = opt(16, help="prompts per generation batch")
+    batch_size: int = opt(16, help="prompts per generation batch", min=1)
     compare_base: bool = opt(False, help="also generate with the adapter disabled (same loaded weights)")
-    limit: int | None = opt(None, help="only the first N records")
+    limit: int | None = opt(None, help="only the first N records", min=1)
 
     def validate(self) -> None:
         if self.output is None and not self.adapter:

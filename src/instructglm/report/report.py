@@ -27,6 +27,7 @@ from instructglm.errors import UserError
 from instructglm.eval.evaluate import METRICS, cell, evaluate_rows, prediction_columns, read_predictions, table_columns
 from instructglm.eval.metrics import exact_match, normalized_exact_match
 from instructglm.files import atomic_file, read_json, read_jsonl
+from instructglm.report.preference import rewards_svg
 from instructglm.runinfo import RunInfo
 
 TRAIN_FILES = (TRAINER_LOG, TRAIN_CONFIG, RUN_INFO)  # any of them marks a training output directory
@@ -40,7 +41,7 @@ class ReportConfig:
     predictions: str | None = opt(None, help="predictions JSONL; default: RUN_DIR/predictions.jsonl")
     output: str | None = opt(None, help="HTML file to write; default: RUN_DIR/report.html", aliases=("-o",))
     title: str | None = opt(None, help="page title; default: 'InstructGLM report: <run dir name>'")
-    max_examples: int = opt(500, help="answers shown side by side (the first N rows; 0 = all)")
+    max_examples: int = opt(500, help="answers shown side by side (the first N rows; 0 = all)", min=0)
 
 
 def esc(value) -> str:
@@ -100,16 +101,12 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-def loss_svg(log: list[dict], width: int = 760, height: int = 320) -> str:
-    """An inline SVG line chart of ``loss`` (and ``eval_loss`` points) against ``step``."""
-    train = [(r["step"], r["loss"]) for r in log if "loss" in r and "step" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r and "step" in r]
-    points = train + evals
-    if not points:
-        return ""
+def chart_frame(points: list[tuple[float, float]], ylabel: str, aria: str, width: int = 760, height: int = 320):
+    """``(svg parts, x, y)``: an SVG chart's grid, ticks and axis labels for ``points``; ``x``/``y`` map a
+    step / value to the drawing (the value axis starts at 0 unless a value is below it)."""
     left, right, top, bottom = 56, 16, 16, 44
     xs = nice_ticks(0, max(p[0] for p in points))
-    ys = nice_ticks(0, max(p[1] for p in points))
+    ys = nice_ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
 
     def x(v: float) -> float:
         return left + (v - xs[0]) / (xs[-1] - xs[0]) * (width - left - right)
@@ -118,7 +115,7 @@ def loss_svg(log: list[dict], width: int = 760, height: int = 320) -> str:
         return height - bottom - (v - ys[0]) / (ys[-1] - ys[0]) * (height - top - bottom)
 
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
-             f'role="img" aria-label="training loss curve">']
+             f'role="img" aria-label="{aria}">']
     for t in ys:
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(t):.1f}" y2="{y(t):.1f}"/>'
                      f'<text class="tick" x="{left - 8}" y="{y(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
@@ -128,7 +125,17 @@ def loss_svg(log: list[dict], width: int = 760, height: int = 320) -> str:
     parts.append(f'<text class="label" x="{(left + width - right) / 2:.0f}" y="{height - 6}" '
                  f'text-anchor="middle">optimizer step</text>')
     parts.append(f'<text class="label" x="14" y="{(top + height - bottom) / 2:.0f}" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {(top + height - bottom) / 2:.0f})">loss</text>')
+                 f'transform="rotate(-90 14 {(top + height - bottom) / 2:.0f})">{ylabel}</text>')
+    return parts, x, y
+
+
+def loss_svg(log: list[dict], width: int = 760, height: int = 320) -> str:
+    """An inline SVG line chart of ``loss`` (and ``eval_loss`` points) against ``step``."""
+    train = [(r["step"], r["loss"]) for r in log if "loss" in r and "step" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r and "step" in r]
+    if not train + evals:
+        return ""
+    parts, x, y = chart_frame(train + evals, "loss", "training loss curve", width, height)
     if train:
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in train)
         parts.append(f'<polyline class="train" points="{path}"/>')
@@ -140,7 +147,7 @@ def loss_svg(log: list[dict], width: int = 760, height: int = 320) -> str:
     legend = '<span class="key train"></span>train loss'
     if evals:
         legend += ' <span class="key eval"></span>eval loss'
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+    return "".join(parts) + f'<div class="legend">{legend}</div>' + rewards_svg(log, width, height)
 
 
 def loss_section(train_dir: Path | None, log: list[dict]) -> str:

@@ -65,8 +65,13 @@ def split_eval(data, val_size: float, eval_dataset: str | None, seed: int):
     n_eval = int(val_size) if val_size >= 1 else max(1, round(val_size * len(data)))
     if n_eval >= len(data):
         raise UserError(f"val_size: {val_size} leaves no training rows out of {len(data)}")
-    parts = data.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
+    # The split datasets' train_test_split(seed=seed) makes, with the indices kept in memory: that method
+    # writes cache-*.arrow index files into the user's tokenized dataset directory.
+    import numpy as np
+
+    permutation = np.random.default_rng(seed).permutation(len(data))
+    return (data.select(permutation[n_eval:], keep_in_memory=True),
+            data.select(permutation[:n_eval], keep_in_memory=True))
 
 
 @functools.lru_cache(maxsize=2)

@@ -49,6 +49,10 @@ def read_optimizer_state(path) -> dict:
     except torch.serialization.pickle.UnpicklingError as e:  # what weights_only raises
         raise UserError(f"{path}: not an optimizer state this version can read safely (written under DeepSpeed "
                         f"without DeepSpeed installed here?): {str(e).splitlines()[0]}") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:  # missing, cut short (zip), bytes changed
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: damaged or unreadable ({first}); resume from an earlier checkpoint with "
+                        f"--resume DIR") from None
 
 
 class DistributedBackend:
@@ -195,6 +199,6 @@ class DistributedBackend:
         try:
             set_optimizer_state_dict(self.inner, optimizer.optimizer, saved,
                                      options=StateDictOptions(full_state_dict=self.fsdp))
-        except (KeyError, ValueError, RuntimeError) as e:
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
             raise UserError(f"{path}: optimizer state does not fit this run's trainable parameters "
                             f"({type(e).__name__}: {e}); was it written with another method or model?") from None
