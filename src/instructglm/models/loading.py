@@ -155,7 +155,81 @@ def _auto_model(path: str, dtype, trust_remote_code: bool):
 def _auto_tokenizer(path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    quick = None if trust_remote_code else _plain_tokenizer(path)
+    if quick is not None:
+        return quick
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not trust_remote_code:
+        _remember_plain_tokenizer(path, tok)
+    return tok
+
+
+# A model-specific tokenizer class (GemmaTokenizer: 5-6 s for its 262k vocabulary on 2 cores) often
+# only rebuilds in Python what ``tokenizer.json`` already holds. The first load checks that the plain
+# class over ``tokenizer.json`` gives the same tokenizer (backend, specials, probe ids, template) and
+# records its few settings in the cache; later loads take that path (about half the time).
+_PLAIN_SETTINGS = ("chat_template", "model_max_length", "padding_side", "truncation_side",
+                   "clean_up_tokenization_spaces")
+_PROBES = ("Hello world", " 你好，世界！ ### Response:\n  x", "a\tb  c\n\n1234 ÄÖü <eos> </s>")
+
+
+def _plain_key(path: str) -> Path | None:
+    import transformers
+
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    h = hashlib.sha256(f"{folder.resolve()}|{transformers.__version__}".encode())
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template", "added_tokens")):
+            st = (folder / name).stat()
+            h.update(f"|{name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return cache_dir() / "tokenizers" / f"{h.hexdigest()[:24]}.json"
+
+
+def _build_plain(path: str, settings: dict):
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    return TokenizersBackend(tokenizer_file=str(Path(path) / "tokenizer.json"), name_or_path=path, **settings)
+
+
+def _plain_tokenizer(path: str):
+    key = _plain_key(path)
+    if key is None or not key.is_file():
+        return None
+    try:
+        return _build_plain(path, json.loads(key.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _same_tokenizer(a, b) -> bool:
+    if (a.backend_tokenizer.to_str() != b.backend_tokenizer.to_str() or a.all_special_ids != b.all_special_ids
+            or len(a) != len(b) or any(getattr(a, k, None) != getattr(b, k, None) for k in _PLAIN_SETTINGS)):
+        return False
+    for text in _PROBES:
+        for special in (True, False):
+            ids = b(text, add_special_tokens=special)["input_ids"]
+            if a(text, add_special_tokens=special)["input_ids"] != ids or a.decode(ids) != b.decode(ids):
+                return False
+    return True
+
+
+def _remember_plain_tokenizer(path: str, tok) -> None:
+    """Record the quick path for ``path`` when it gives exactly ``tok``; never an error (a cache)."""
+    key = _plain_key(path)
+    if key is None or key.is_file() or not getattr(tok, "is_fast", False):
+        return
+    settings = dict(tok.special_tokens_map)
+    settings.update({k: getattr(tok, k) for k in _PLAIN_SETTINGS if getattr(tok, k, None) is not None})
+    try:
+        if _same_tokenizer(_build_plain(path, settings), tok):
+            key.parent.mkdir(parents=True, exist_ok=True)
+            tmp = key.with_name(f".{key.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(settings), encoding="utf-8")
+            os.replace(tmp, key)
+    except Exception as e:  # noqa: BLE001 - a cache that cannot be written only costs time
+        log.debug("quick tokenizer path not recorded for %s: %s", path, e)
 
 
 @dataclass(frozen=True)
@@ -222,11 +296,16 @@ def load_model(model: str, dtype=None, device: str | None = None, trust_remote_c
     """A causal LM for training or generation (fp32 unless ``dtype`` says otherwise).
 
     ``model`` is anything :func:`resolve_model` takes: an embedded name, a GGUF file, a model
-    directory or a hub id.
+    directory or a hub id. ``dtype="auto"`` (for generation) is bf16 on a CPU with native bf16 matrix
+    instructions for a model at least 512 wide (the rule of ``train --precision auto``), else fp32.
     """
     import torch
 
     path = resolve_model(model)
+    if isinstance(dtype, str) and dtype == "auto":
+        from instructglm.train.model import auto_cpu_dtype
+
+        dtype = torch.float32 if torch.cuda.is_available() else auto_cpu_dtype(path)
     try:
         loaded = layout_of(path).load_model(path, torch.float32 if dtype is None else dtype, trust_remote_code)
     except OSError as e:

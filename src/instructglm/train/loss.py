@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from instructglm.constants import IGNORE_INDEX
 from instructglm.train.kernels import FUSED_CE_ATTR, fused_head_ce_sum
+from instructglm.train.model import AUTOCAST_ATTR
 
 
 def causal_lm(model):
@@ -142,7 +143,29 @@ def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, att
 def batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
     """(sum of token losses, trained tokens) of a micro-batch, through the method's forward path:
     the model's own forward when the method needs it (P-Tuning), else :func:`causal_lm_loss_sum`
-    with the packed rows' block-diagonal mask."""
+    with the packed rows' block-diagonal mask. A base loaded by ``precision auto`` in bf16 on a CPU
+    (``train/model.py``) computes under bf16 autocast, its fp32 trainable weights cast per op."""
+    from contextlib import nullcontext
+
+    from peft.helpers import disable_input_dtype_casting
+
+    lm = causal_lm(model)
+    dtype = getattr(lm, AUTOCAST_ATTR, None)
+    device = next(lm.parameters()).device.type
+    if torch.is_autocast_enabled(device):
+        dtype = None  # accelerate's autocast (precision bf16/fp16) is already on
+    elif dtype is None:
+        return _batch_loss_sum(model, method, batch)
+    # Under autocast PEFT's cast of each LoRA layer's input to the adapter's fp32 is undone by autocast
+    # at once (bf16 -> fp32 -> bf16 is exact): two copies of every adapted activation, forward and
+    # backward, for nothing (``copy_`` came second only to ``mm`` in a profiled bf16 CPU step,
+    # bench/results/profile-*.json).
+    autocast = nullcontext() if dtype is None else torch.autocast(device, dtype=dtype)
+    with autocast, disable_input_dtype_casting(model):
+        return _batch_loss_sum(model, method, batch)
+
+
+def _batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
     from instructglm.train.data import trained_tokens
     from instructglm.train.packing import attention_mask_for
 

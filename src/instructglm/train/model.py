@@ -3,31 +3,107 @@ counts and FLOPs the logs report."""
 
 from __future__ import annotations
 
+import logging
+
 from instructglm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+AUTOCAST_ATTR = "_instructglm_autocast"  # set on the base *ForCausalLM by load_base; read by loss.py
+
+# Narrower models stay in fp32 under ``auto``: their matmuls are too small for bf16 to pay for the
+# casts autocast adds around every op (and tiny test models keep their exact fp32 losses).
+BF16_MIN_HIDDEN = 512
+
+
+def cpu_bf16_instructions() -> str | None:
+    """The native bf16 matrix instructions of this CPU (``avx512_bf16``, ``amx_bf16``), or None.
+
+    Without them PyTorch still runs bf16, but emulated, and no faster than fp32."""
+    import torch
+
+    found = []
+    try:
+        flags = set()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    except OSError:  # not Linux: ask PyTorch's own CPU probe
+        cpu = getattr(torch, "cpu", None)
+        for name, probe in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+            if getattr(cpu, probe, lambda: False)():
+                found.append(name)
+    return ", ".join(found) or None
 
 
 def resolve_precision(precision: str):
-    """(torch dtype for the frozen base weights, accelerate mixed_precision) for this machine."""
+    """(torch dtype for the frozen base weights, accelerate mixed_precision) for this machine.
+
+    ``auto`` on a CPU returns dtype None: :func:`load_base` decides once it sees the model (bf16 on a
+    CPU with native bf16 matrix instructions, for models wide enough to gain; fp32 otherwise), and
+    ``loss.py`` then runs the forward under bf16 autocast itself (accelerate's stays off)."""
     import torch
 
     cuda = torch.cuda.is_available()
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+        if not cuda:
+            return None, "no"
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and not cuda:
         raise UserError("precision fp16: needs a GPU; on CPU use fp32 (default) or bf16")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return dtype, ("no" if precision == "fp32" else precision)
 
 
+def _hidden_size(model_path: str) -> int | None:
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a hub id (no local config): auto stays fp32
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    return config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+
+
+def auto_cpu_dtype(model_path: str, hidden_size: int | None = None):
+    """``precision auto`` on a CPU: bf16 compute when the CPU has native bf16 matrix instructions and
+    the model is at least :data:`BF16_MIN_HIDDEN` wide, else fp32; logged either way."""
+    import torch
+
+    hidden = hidden_size or _hidden_size(model_path)
+    native = cpu_bf16_instructions()
+    if native and (hidden or 0) >= BF16_MIN_HIDDEN:
+        log.info("precision auto: bf16 compute (this CPU has %s)", native)
+        return torch.bfloat16
+    why = (f"hidden size {hidden} < {BF16_MIN_HIDDEN}, too small to gain from bf16" if native else
+           "this CPU has no native bf16 matrix instructions (avx512_bf16 or AMX)")
+    log.info("precision auto: fp32 (%s)", why)
+    return torch.float32
+
+
 def load_base(model_path: str, dtype, load_in: str, trust_remote_code: bool):
-    """The base model in ``dtype``, or quantized with bitsandbytes when ``load_in`` asks for it."""
+    """The base model in ``dtype`` (None: :func:`auto_cpu_dtype` picks), or quantized with bitsandbytes
+    when ``load_in`` asks for it."""
     import torch
 
     from instructglm.models.loading import load_model
 
+    if dtype is None and load_in == "none":
+        dtype = auto_cpu_dtype(model_path)
+        model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if dtype == torch.bfloat16:  # accelerate's autocast is off on CPU: loss.py opens its own
+            setattr(model, AUTOCAST_ATTR, dtype)
+            log.info("precision auto: frozen base weights bf16; trainable weights and optimizer state fp32")
+        return model
     if load_in == "none":
         return load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # (precision auto leaves dtype None only on a CPU)
         raise UserError(f"load_in={load_in}: quantized loading needs a CUDA GPU; none is visible")
     try:
         import bitsandbytes  # noqa: F401
