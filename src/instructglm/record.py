@@ -142,10 +142,104 @@ def as_messages(messages: list) -> list[Message]:
 
 def read_canonical(path: str | Path) -> Iterator[tuple[int, Conversation]]:
     """``(line, conversation)`` from a canonical JSONL file, every record checked (FILE:LINE errors)."""
+    return _read_checked(path, Conversation.from_json)
+
+
+def _read_checked(path: str | Path, parse) -> Iterator[tuple[int, Any]]:
     from instructglm.convert.sources import read_records
 
     for line, rec in read_records(path):
         try:
-            yield line, Conversation.from_json(rec)
+            yield line, parse(rec)
         except RecordError as e:
             raise UserError(f"{where(path, line)}: {e}") from None
+
+
+@dataclass(slots=True)
+class Preference:
+    """A prompt conversation (ending with the user's turn) and how it may be answered: a ``chosen`` and
+    a ``rejected`` assistant turn (a pair, for DPO/ORPO/SimPO), or one ``completion`` with a
+    desirable (``label=True``) or undesirable label (KTO).
+
+    On disk (canonical JSONL)::
+
+        {"messages": [{"role": "user", "content": "..."}],
+         "chosen": {"role": "assistant", "content": "..."}, "rejected": {"role": "assistant", ...}, ...metadata}
+        {"messages": [...], "completion": {"role": "assistant", "content": "..."}, "label": true, ...metadata}
+
+    ``messages`` ends with the user's turn, so an SFT reader refuses the record instead of training on
+    half of it.
+    """
+
+    prompt: list[Message]
+    chosen: Message | None = None
+    rejected: Message | None = None
+    label: bool | None = None  # set for KTO: chosen holds the one completion
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.label is None
+
+    @property
+    def completions(self) -> list[Message]:
+        return [self.chosen, self.rejected] if self.is_pair else [self.chosen]
+
+    def check(self) -> "Preference":
+        Conversation(self.prompt).check(reply=False)
+        if self.prompt[-1].role != "user":
+            raise RecordError("the prompt must end with the user's turn")
+        for name, m in zip(("chosen", "rejected") if self.is_pair else ("completion",), self.completions):
+            if m is None or m.role != "assistant":
+                raise RecordError(f"'{name}' must be an assistant turn")
+            if not m.content.strip():
+                raise RecordError(f"empty '{name}'")
+        return self
+
+    @classmethod
+    def from_json(cls, rec: Any) -> "Preference":
+        """A canonical preference record (see the class docstring), checked."""
+        if not is_preference_json(rec):
+            raise RecordError("not a canonical preference record ('messages' with 'chosen' and 'rejected', "
+                              "or with 'completion' and a true/false 'label'); run 'instructglm convert' first")
+        prompt = [Message.from_dict(m, i) for i, m in enumerate(rec["messages"])] if isinstance(
+            rec["messages"], list) and rec["messages"] else None
+        if prompt is None:
+            raise RecordError("'messages' must be a non-empty list")
+        meta = {k: v for k, v in rec.items() if k not in PREFERENCE_KEYS}
+        if "completion" in rec:
+            if not isinstance(rec["label"], bool):
+                raise RecordError(f"'label' must be true or false, got {rec['label']!r}")
+            return cls(prompt, _turn(rec["completion"], "completion"), None, rec["label"], meta).check()
+        return cls(prompt, _turn(rec["chosen"], "chosen"), _turn(rec["rejected"], "rejected"), None, meta).check()
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"messages": [m.to_dict() for m in self.prompt]}
+        if self.is_pair:
+            out.update(chosen=self.chosen.to_dict(), rejected=self.rejected.to_dict())
+        else:
+            out.update(completion=self.chosen.to_dict(), label=self.label)
+        return {**out, **{k: v for k, v in self.metadata.items() if k not in PREFERENCE_KEYS}}
+
+
+PREFERENCE_KEYS = ("messages", "chosen", "rejected", "completion", "label")
+
+
+def _turn(value: Any, name: str) -> Message:
+    if not isinstance(value, dict):
+        raise RecordError(f"'{name}' must be an object with role and content")
+    try:
+        return Message.from_dict(value)
+    except RecordError as e:
+        raise RecordError(f"'{name}': {str(e).removeprefix('messages[0].')}") from None
+
+
+def is_preference_json(rec: Any) -> bool:
+    """Whether a canonical record is a preference record (a pair, or a KTO completion with its label)."""
+    return isinstance(rec, dict) and "messages" in rec and (
+        ("chosen" in rec and "rejected" in rec) or ("completion" in rec and "label" in rec))
+
+
+def read_preferences(path: str | Path) -> Iterator[tuple[int, Preference]]:
+    """``(line, preference)`` from a canonical preference JSONL file, every record checked (FILE:LINE errors)."""
+    return _read_checked(path, Preference.from_json)

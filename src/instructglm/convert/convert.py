@@ -22,7 +22,8 @@ from typing import Literal
 from instructglm.config import opt
 from instructglm.convert.columns import ColumnMap
 from instructglm.convert.formats import DATASET_FORMATS, resolve_format
-from instructglm.convert.reading import Rejected, convert_items, open_dataset
+from instructglm.convert.pref_files import convert_preference_files, preference_inputs
+from instructglm.convert.reading import Rejected, column_map, convert_items, open_dataset
 from instructglm.errors import UserError
 from instructglm.files import atomic_file, dumps
 from instructglm.paths import output_file, refuse_inputs
@@ -52,10 +53,7 @@ class ConvertConfig:
     def columns(self) -> ColumnMap | None:
         """The column map of ``--map``; it replaces format detection, so it excludes ``--format``."""
         resolve_format(self.format)
-        columns = ColumnMap.parse(self.map)
-        if columns is not None and self.format != "auto":
-            raise UserError(f"--map with --format {self.format}: the map sets the layout; give one of them")
-        return columns
+        return column_map(self.map, self.format)
 
 
 def expand_inputs(patterns: list[str], origin: dict[str, str] | None = None) -> list[Path]:
@@ -117,6 +115,8 @@ def convert_files(cfg: ConvertConfig) -> dict:
     origin: dict[str, str] = {}
     paths = expand_inputs(cfg.inputs, origin)
     rej_path = check_outputs(cfg, paths, origin)
+    if columns is None and preference_inputs(paths, cfg.format):  # chosen/rejected or KTO data: pref_files.py
+        return convert_preference_files(cfg, paths, rej_path)
     counts = Counter(records=0, converted=0, rejected=0, duplicates=0)
     files: dict[str, int] = {}
     formats: dict[str, str] = {}

@@ -242,10 +242,14 @@ def resolve_format(name: str) -> DatasetFormat | None:
     """The format named ``name`` (or an alias); ``None`` for ``auto``; UserError if unknown."""
     if name == "auto":
         return None
-    fmt = DATASET_FORMATS.get(FORMAT_ALIASES.get(name, name))
+    from instructglm.convert.pref_files import preference_format  # preference layouts build on this module
+    from instructglm.convert.preference import PREFERENCE_FORMATS
+
+    fmt = DATASET_FORMATS.get(FORMAT_ALIASES.get(name, name)) or preference_format(name)
     if fmt is None:
         raise UserError(f"--format {name}: unknown format; known: auto, "
-                        f"{', '.join([*DATASET_FORMATS, *FORMAT_ALIASES])}")
+                        f"{', '.join([*DATASET_FORMATS, *FORMAT_ALIASES])}; preference data: "
+                        f"{', '.join(PREFERENCE_FORMATS)}")
     return fmt
 
 

@@ -34,6 +34,11 @@ class EvalConfig:
     predictions: str = opt(help="predictions JSONL from 'instructglm infer' (reference, prediction; "
                                 "optional base_prediction and category)")
     output: str | None = opt(None, help="also write the metrics as JSON to this file", aliases=("-o",))
+    adapter: list[str] = opt([], help="preference data only: the tuned result(s) to score beside the base model "
+                             "(DIR or NAME=DIR)")
+    model: str | None = opt(None, help="preference data only: base model (default: the adapter's)")
+    template: str | None = opt(None, help="preference data only: prompt template (default: the adapter's)")
+    limit: int = opt(0, help="preference data only: score at most N pairs (0: all)", min=0)
 
 
 def read_predictions(path: str | Path) -> list[dict]:
@@ -103,8 +108,18 @@ def evaluate_rows(rows: list[dict]) -> dict:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Score ``cfg.predictions``; write ``cfg.output`` (JSON) when given; return the metrics."""
-    result = {"predictions": str(cfg.predictions), **evaluate_rows(read_predictions(cfg.predictions))}
+    """Score ``cfg.predictions``; write ``cfg.output`` (JSON) when given; return the metrics.
+
+    A file of preference data (chosen/rejected answers, any layout ``convert`` reads) is scored by the
+    models instead: preference accuracy and mean margin, base vs tuned (:mod:`instructglm.eval.preference`)."""
+    from instructglm.convert.pref_files import preference_inputs
+
+    if Path(cfg.predictions).is_file() and preference_inputs([Path(cfg.predictions)]):
+        from instructglm.eval.preference import evaluate_preferences
+
+        result = evaluate_preferences(cfg.predictions, cfg.adapter, cfg.model, cfg.template, cfg.limit)
+    else:
+        result = {"predictions": str(cfg.predictions), **evaluate_rows(read_predictions(cfg.predictions))}
     if cfg.output:
         write_json(cfg.output, result)
     return result
@@ -132,7 +147,12 @@ def _text(value: float | None, kind: str) -> str:
 
 def format_table(result: dict) -> str:
     """The metrics as plain-text tables: metric x systems (base, tuned or one per adapter) and their
-    deltas, then one line per language and per category (exact match and ROUGE-L)."""
+    deltas, then one line per language and per category (exact match and ROUGE-L); for preference
+    data, accuracy and mean margin per system."""
+    if result.get("kind") == "preference":
+        from instructglm.eval.preference import format_preference_table
+
+        return format_preference_table(result)
     columns = table_columns(list(result["systems"]))
     width = max(9, *(len(head) + 2 for _, _, head in columns))
     overall = result["overall"]

@@ -14,18 +14,24 @@ The output directory holds safetensors shards, config, the tokenizer with a ``ch
 that reproduces the training template, ``instructglm.json`` and a model card ``README.md``
 (:mod:`instructglm.merge.card`). A ChatGLM base keeps its official layout unless ``--layout native``
 (:mod:`instructglm.merge.layouts`); its own tokenizer files are then copied instead.
+
+An adapter trained with an extended vocabulary carries its tokenizer (:mod:`instructglm.train.vocab`):
+before it is folded in, the model is resized to that tokenizer as training resized it, the probes
+are tokenized with it (so the new tokens' rows are checked too), and the merged model is written
+with the largest vocabulary and tokenizer of the chain.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from instructglm.config import opt
+from instructglm.config import check_numbers, opt, shown
 from instructglm.errors import UserError
 from instructglm.files import atomic_dir, read_json
 from instructglm.merge.layouts import check_layout, loadable, original_of, write_original
@@ -49,11 +55,21 @@ class MergeConfig:
     dtype: Literal["bf16", "fp16", "fp32"] | None = opt(
         None, help="dtype of the saved weights (the merge itself is checked in fp32); default: the base "
                    "model's stored dtype")
-    max_shard_size: str = opt("2GB", help="largest safetensors shard")
-    tolerance: float = opt(1e-3, help="largest allowed |logit difference| between merged and base+adapter")
+    max_shard_size: str = opt("2GB", help="largest safetensors shard: a whole number and a unit (KB, MB, GB, "
+                              "KiB, MiB, GiB), e.g. 500MB")
+    tolerance: float = opt(1e-3, help="largest allowed |logit difference| between merged and base+adapter", min=0)
     layout: Literal["original", "native"] = opt(
         "original", help="original: the layout the base model was read in (a ChatGLM checkpoint keeps its "
                          "official layout); native: transformers' own (ChatGLM2/3, GLM-4: the glm architecture)")
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        # the sizes transformers' save_pretrained reads (convert_file_size_to_int): checked here, before any loading
+        size = re.fullmatch(r"\s*(\d{1,15})\s*([KMG]i?B)\s*", str(self.max_shard_size), re.IGNORECASE)
+        if not size or int(size.group(1)) == 0:
+            raise UserError(f"--max-shard-size {shown(self.max_shard_size)}: expected a whole number and a unit "
+                            f"(KB, MB, GB, KiB, MiB, GiB), such as 2GB or 500MB")
+        self.max_shard_size = size.group(1) + size.group(2).upper().replace("IB", "iB")  # "mb" would be megabits
 
 
 @dataclass
@@ -62,12 +78,15 @@ class Link:
 
     path: str
     info: RunInfo
+    tokenizer: object = None  # the extended tokenizer the adapter carries; None: the one before it
 
 
 class Probe:
     """The probe prompts (padded on the left), run through a model to compare its logits with another's."""
 
     def __init__(self, tokenizer):
+        tokenizer.padding_side = "left"
+        self.tokenizer = tokenizer
         self.batch = tokenizer(PROBES, return_tensors="pt", padding=True)
         self.mask = self.batch["attention_mask"].bool()
 
@@ -102,6 +121,20 @@ def resolve_chain(adapters: list[str]) -> list[Link]:
     return chain
 
 
+def chain_tokenizers(tokenizer, chain: list[Link]):
+    """Read the tokenizer each link carries into it, checking that each extends the one in effect before
+    it; returns the tokenizer of the merged model (the last one carried, else ``tokenizer``)."""
+    from instructglm.models.vocab import adapter_tokenizer, check_extension
+
+    for link in chain:
+        carried = adapter_tokenizer(link.path)
+        if carried is not None:
+            check_extension(tokenizer, carried, link.path)
+            if len(carried) > len(tokenizer):
+                link.tokenizer = tokenizer = carried
+    return tokenizer
+
+
 def _save_dtype(cfg: MergeConfig, base_path: str):
     import torch
 
@@ -117,12 +150,19 @@ def _save_dtype(cfg: MergeConfig, base_path: str):
 
 def fold(current, chain: list[Link], probe: Probe, previous, tolerance: float):
     """Fold each link into ``current`` (whose probe logits are ``previous``), checking in fp32 that the
-    result reproduces "previous + adapter". Returns (merged model, its probe logits, one record per link)."""
+    result reproduces "previous + adapter". A link with an extended vocabulary first resizes ``current``
+    (and the probes take its tokenizer). Returns (merged model, its probe logits, one record per link,
+    the probe of the merged model)."""
+    from instructglm.models.vocab import resize_vocab
     from instructglm.train.methods import get_method
 
     steps = []
     for link in chain:
         method = get_method(link.info.method)
+        if link.tokenizer is not None:
+            resize_vocab(current, len(probe.tokenizer), len(link.tokenizer))
+            probe = Probe(link.tokenizer)
+            previous = probe.logits(current)
         if link.info.method == "lora":
             model = method.attach(current, link.path).eval()
             expected = probe.logits(model)
@@ -144,7 +184,7 @@ def fold(current, chain: list[Link], probe: Probe, previous, tolerance: float):
         log.info("merged %s (%s): max |logit diff| %.2e vs unmerged, the adapter changed logits by %.2e",
                  link.path, link.info.method, diff, effect)
         previous = got
-    return current, previous, steps
+    return current, previous, steps, probe
 
 
 def cast(model, dtype, probe: Probe, merged_logits):
@@ -181,7 +221,9 @@ def merge(cfg: MergeConfig) -> dict:
 
     from instructglm.export.templates import chat_template
     from instructglm.merge.card import model_card
+    from instructglm.models.adapters import check_adapter_fits
     from instructglm.models.loading import load_model, load_tokenizer, resolve_model
+    from instructglm.models.vocab import save_tokenizer
 
     adapters = [cfg.adapter] if isinstance(cfg.adapter, str) else [str(a) for a in cfg.adapter]
     chain = resolve_chain(adapters)
@@ -195,17 +237,26 @@ def merge(cfg: MergeConfig) -> dict:
     path = resolve_model(model_spec)
     original = check_layout(cfg.layout, original_of(path))
     save_dtype = _save_dtype(cfg, path)
-    tokenizer = load_tokenizer(path)
+    base_tokenizer = load_tokenizer(path)
+    tokenizer = chain_tokenizers(base_tokenizer, chain)
+    if original and tokenizer is not base_tokenizer:
+        extended = next(link.path for link in chain if link.tokenizer is not None)
+        raise UserError(f"{extended}: an extended vocabulary cannot be written in {original.family}'s original "
+                        f"layout, whose tokenizer files are copied as they are; use --layout native")
     jinja = chat_template(template, tokenizer)  # before the work: an unusable template fails now
-    tokenizer.padding_side = "left"
-    probe = Probe(tokenizer)
+    probe = Probe(base_tokenizer)
     base = load_model(path, dtype=torch.float32).eval()
+    for link in chain:  # trained on this base? (a later link may sit on a merged or resized model: fold checks it)
+        if link.tokenizer is None and link.info.base_model == chain[0].info.base_model:
+            check_adapter_fits(base, base_tokenizer, link.path, model_spec)
     base_logits = probe.logits(base)
 
-    merged, merged_logits, steps = fold(base, chain, probe, base_logits, cfg.tolerance)
+    merged, merged_logits, steps, probe = fold(base, chain, probe, base_logits, cfg.tolerance)
     merged, reference, cast_diff = cast(merged, save_dtype, probe, merged_logits)
+    effect = (probe.max_diff(merged_logits, base_logits) if probe.tokenizer is base_tokenizer  # else other probes
+              else max(s["adapter_effect"] for s in steps))
     check = {"max_abs_logit_diff": max(s["max_abs_logit_diff"] for s in steps), "tolerance": cfg.tolerance,
-             "readback_diff": 0.0, "adapter_effect": probe.max_diff(merged_logits, base_logits),
+             "readback_diff": 0.0, "adapter_effect": effect,
              "dtype": str(save_dtype).replace("torch.", ""), "cast_logit_diff": cast_diff, "steps": steps}
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".readback-", dir=out.parent) as scratch:
         if original:  # the original's own tokenizer files come with it (its chat format included)
@@ -215,7 +266,7 @@ def merge(cfg: MergeConfig) -> dict:
             tokenizer.padding_side = "right"
             if jinja is not None:  # (the 'model' template is the tokenizer's own already)
                 tokenizer.chat_template = jinja
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)  # without the probes' padding
         readback = loadable(tmp, original, Path(scratch))
         check["readback_diff"] = _check_readback(readback, probe, reference, cfg.tolerance)
         merged_info(chain, model_spec, template, check).save(tmp)

@@ -55,6 +55,10 @@ class TokenizeConfig:
                      "JSONL with a 'text' field", aliases=("--jsonl_path", "--data_path"))
     output: str = opt(help="output dataset directory", aliases=("-o", "--save_path"))
     model: str = opt("gemma3-270m", help="model whose tokenizer to use")
+    tokenizer: str | None = opt(None, help="tokenizer directory that extends the model's (only adds tokens); "
+                                "train with the same option")
+    add_tokens: str | None = opt(None, help="file of tokens to add to the model's tokenizer, one per line; "
+                                 "train with the same option")
     stage: Literal["sft", "pt"] = opt("sft", help="sft: instruction rows through a template; pt: plain text for "
                                       "continued pretraining (no template, every token trained, EOS after each "
                                       "document, long documents split into rows of max_seq_length)")
@@ -63,16 +67,16 @@ class TokenizeConfig:
     template: str = opt(DEFAULT_TEMPLATE, help="prompt template: alpaca, chatglm, chatglm-6b, chatglm2, chatglm3, "
                         "glm4, model (the tokenizer's chat template), auto (the model family's own) or a "
                         ".yaml/.json template file")
-    max_seq_length: int = opt(512, help="maximum tokens per row", aliases=("--max_seq_length",))
+    max_seq_length: int = opt(512, help="maximum tokens per row", aliases=("--max_seq_length",), min=8)
     overlength: Literal["skip", "truncate", "fail"] = opt("skip", help="what to do with rows longer than "
                                                           "max_seq_length")
     skip_overlength: bool = opt(False, help="ChatGLM-Tuning's flag: same as --overlength skip",
                                 aliases=("--skip_overlength",))
     train_on_prompt: bool = opt(False, help="train on every token (no prompt masking)",
                                 aliases=("--train_on_prompt",))
-    num_proc: int | None = opt(None, help="worker processes (default: all cores)", aliases=("--num_proc",))
-    batch_size: int = opt(1000, help="rows per tokenizer call")
-    show: int = opt(0, help="print N tokenized examples with the trained span marked")
+    num_proc: int | None = opt(None, help="worker processes (default: all cores)", aliases=("--num_proc",), min=1)
+    batch_size: int = opt(1000, help="rows per tokenizer call", min=1)
+    show: int = opt(0, help="print N tokenized examples with the trained span marked", min=0)
     force: bool = opt(False, help="tokenize again even if the output is up to date")
 
     def validate(self) -> None:
@@ -118,11 +122,20 @@ def tokenize_file(cfg: TokenizeConfig, tokenizer=None, color: bool = False) -> d
 
     if cfg.skip_overlength:
         cfg.overlength = "skip"
+    if tokenizer is None and (cfg.tokenizer or cfg.add_tokens):  # loaded now: its fingerprint decides up-to-date
+        from instructglm.models.loading import load_tokenizer
+        from instructglm.train.vocab import extended_tokenizer
+
+        tokenizer = extended_tokenizer(load_tokenizer(cfg.model), cfg.tokenizer, cfg.add_tokens)
     src = Path(cfg.input)
     if src.is_dir():
         raise UserError(f"{src}: is a directory, expected a canonical JSONL file")
     if not src.is_file():
         raise UserError(f"{src}: file not found")
+    from instructglm.tokenize.pairs import is_preference_file, tokenize_preferences
+
+    if is_preference_file(src):  # chosen/rejected pairs or KTO completions: tokenize/pairs.py
+        return tokenize_preferences(cfg, tokenizer)
     if cfg.stage == "sft" and src.suffix.lower() == ".txt":
         raise UserError(f"{src}: a text file; tokenize reads canonical JSONL ('instructglm convert'), or plain "
                         f"text for continued pretraining with --stage pt")

@@ -12,6 +12,7 @@ reads as the loop it runs. Output directory::
     OUT/adapter_model.safetensors, adapter_config.json   (what the method trained)
     OUT/instructglm.json      base model, template, method: what infer/merge need (runinfo.py)
     OUT/train_config.yaml     the fully resolved config
+    OUT/run_identity.json     which run this is (identity.py; checked by --resume); OUT/.instructglm.lock (lock.py)
     OUT/trainer_log.jsonl     one line per logging step; OUT/loss.png; OUT/runs/ (TensorBoard)
     OUT/checkpoint-N/         every save_steps, with optimizer/scheduler/RNG state and a .complete marker
 """
@@ -22,7 +23,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from instructglm.config import to_yaml
@@ -30,51 +30,28 @@ from instructglm.constants import TRAIN_CONFIG
 from instructglm.errors import UserError
 from instructglm.train import checkpoint, data
 from instructglm.train.logs import LogWindow, TrainingLog
+from instructglm.train.oom import out_of_memory_message
 from instructglm.train.options import TrainConfig
 from instructglm.train.signals import StopRequest
+from instructglm.train.steps import StepPlan
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Fine-tune ``cfg.model`` on ``cfg.dataset``; return a summary with the logged losses.
+def train(cfg: TrainConfig) -> dict | None:
+    """Fine-tune ``cfg.model`` on ``cfg.dataset``; return a summary with the logged losses (None for a
+    dry run, which prints what it checked).
 
     SIGTERM or SIGINT during the loop finishes the current step, saves a checkpoint and stops (see
     :class:`StopRequest`); the previous signal handlers are restored however ``train`` ends.
     """
-    recipe = SFTRecipe(cfg)
+    from instructglm.train.preference.recipe import recipe_class  # --stage dpo|orpo|simpo|kto: train/preference/
+    recipe = recipe_class(cfg)(cfg)
     try:
         recipe.setup()
         return recipe.train()
     finally:
         recipe.cleanup()
-
-
-@dataclass
-class StepPlan:
-    """How the rows become optimizer steps: one step is ``accumulation`` micro-batches on each process,
-    and a global micro-batch holds ``per_device`` rows per process. ``max_steps`` > 0 says how many
-    steps, else ``num_epochs`` does."""
-
-    per_device: int
-    accumulation: int
-    world: int
-    rows: int
-    max_steps: int
-    num_epochs: float
-
-    def __post_init__(self) -> None:
-        self.global_batch = self.per_device * self.world
-        self.steps_per_epoch = max(1, math.ceil(self.rows / self.global_batch) // self.accumulation)
-        self.total_steps = (self.max_steps if self.max_steps > 0
-                            else math.ceil(self.num_epochs * self.steps_per_epoch))
-
-    def micro_batch_rows(self, step: int, k: int, rank: int, seed: int, shuffle: bool) -> list[int]:
-        """This process's rows of micro-batch ``k`` of optimizer step ``step`` (0-based), located by
-        global position: a resumed run sees exactly the rows it would have seen without interruption."""
-        epoch, index = divmod(step * self.accumulation + k, self.steps_per_epoch * self.accumulation)
-        batches = data.epoch_batches(self.rows, self.global_batch, seed, epoch, shuffle)
-        return batches[index][rank * self.per_device:(rank + 1) * self.per_device]
 
 
 class SFTRecipe:
@@ -91,6 +68,8 @@ class SFTRecipe:
         self.window = LogWindow()
         self.log: TrainingLog | None = None
         self.bar = None
+        self.identity: dict | None = None
+        self.lock = None  # the output directory's lock (train/lock.py), held by the main process
 
     # ------------------------------------------------------------------ setup, in order
 
@@ -100,6 +79,7 @@ class SFTRecipe:
         self._setup_tokenizer()
         self._setup_data()
         self._setup_backend()
+        self._setup_run_dir()
         self._setup_model()
         if self.cfg.dry_run:
             return
@@ -109,16 +89,23 @@ class SFTRecipe:
         self._setup_logging()
 
     def _setup_resume_path(self) -> None:
-        """Depends on nothing: the checkpoint ``--resume`` names, found first so a wrong one fails fast."""
+        """Depends on nothing: the checkpoint ``--resume`` names, found and checked whole first so a wrong
+        or damaged one fails fast."""
         self.resume_from = checkpoint.resolve_resume(self.cfg.checkpoints.resume, self.output_dir)
+        if self.resume_from is not None:
+            checkpoint.check_checkpoint(self.resume_from, self.cfg.method)
 
     def _setup_tokenizer(self) -> None:
         """Depends on nothing: the base model's files (an embedded or GGUF model is prepared once) and
         its tokenizer."""
         from instructglm.models.loading import load_tokenizer, resolve_model
+        from instructglm.train.vocab import check_method, extended_tokenizer
 
-        self.model_path = resolve_model(self.cfg.model)
-        self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=self.cfg.trust_remote_code)
+        cfg = self.cfg
+        check_method(cfg.method, cfg.tokenizer, cfg.add_tokens)
+        self.model_path = resolve_model(cfg.model)
+        self.base_tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.trust_remote_code)
+        self.tokenizer = extended_tokenizer(self.base_tokenizer, cfg.tokenizer, cfg.add_tokens, cfg.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
 
     def _setup_data(self) -> None:
@@ -150,6 +137,13 @@ class SFTRecipe:
         self.world, self.rank, self.main = (accelerator.num_processes, accelerator.process_index,
                                             accelerator.is_main_process)
 
+    def _setup_run_dir(self) -> None:
+        """Depends on the data (its fingerprint) and the backend (the main process locks): the output
+        directory is this run's alone, and a resume continues the run that wrote its checkpoint."""
+        from instructglm.train.identity import claim_output_dir
+
+        self.identity, self.lock = claim_output_dir(self.cfg, self.resume_from, self.main and not self.cfg.dry_run)
+
     def _setup_model(self) -> None:
         """Depends on the backend: base weights (frozen, maybe low precision) with kernels and
         checkpointing, then the method's trainable weights in fp32."""
@@ -157,10 +151,12 @@ class SFTRecipe:
 
         from instructglm.train.kernels import apply_liger
         from instructglm.train.model import load_base, numel
+        from instructglm.train.vocab import extend_model
 
         cfg = self.cfg
         set_seed(cfg.seed)
         base = load_base(self.model_path, self.dtype, cfg.load_in, cfg.trust_remote_code)
+        extend_model(base, self.base_tokenizer, self.tokenizer)  # --tokenizer / --add-tokens: resized, marked
         apply_liger(base, cfg.performance.liger)
         if cfg.performance.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -188,7 +184,6 @@ class SFTRecipe:
         import torch
         from transformers import get_scheduler
 
-        from instructglm.train.loss import LossForward
         from instructglm.train.model import training_flops_per_token
 
         cfg, schedule = self.cfg, self.cfg.schedule
@@ -201,9 +196,13 @@ class SFTRecipe:
                                        optimizer, num_warmup_steps=opt.warmup_steps,
                                        num_training_steps=self.plan.total_steps)
         self.flops_per_token = training_flops_per_token(self.model, cfg.method)
-        self.loss_fn, self.optimizer = self.backend.prepare(LossForward(self.model, self.method), optimizer)
+        self.loss_fn, self.optimizer = self.backend.prepare(self._loss_module(), optimizer)
         if cfg.performance.compile:
             self.loss_fn = torch.compile(self.loss_fn)
+
+    def _loss_module(self):  # the module the backend wraps, its loss inside forward (a subclass's hook)
+        from instructglm.train.loss import LossForward
+        return LossForward(self.model, self.method)
 
     def _setup_resume_state(self) -> None:
         """Depends on the prepared optimizer and the scheduler: their state, the RNG, step and logs."""
@@ -216,11 +215,13 @@ class SFTRecipe:
         """Depends on the resume state (the log continues from it): the output directory, the resolved
         config, the log files and the one summary line."""
         from instructglm.files import atomic_file
+        from instructglm.train.identity import write_identity
 
         if self.main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_file(self.output_dir / TRAIN_CONFIG) as f:
                 f.write(to_yaml(self.cfg))
+            write_identity(self.output_dir, self.identity)
         self.log = TrainingLog(self.output_dir, self.state.logs, self.main)
         if self.main:  # printed even with -q: the number people most often get wrong when scaling out
             schedule, plan = self.cfg.schedule, self.plan
@@ -315,12 +316,16 @@ class SFTRecipe:
 
             record["mfu"] = round(record["tokens_per_s"] * self.flops_per_token / self.world / gpu_peak_flops(), 4)
             record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        record.update(self._log_extras())
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
         if self.bar.disable:  # no terminal: a plain log line instead of the progress bar
             log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.2f  %.0f tokens/s", step, total,
                      record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
         self.window = LogWindow()
+
+    def _log_extras(self) -> dict:
+        return {}  # more values for the log line: a subclass's hook (the preference stages add rewards)
 
     def _maybe_eval(self) -> None:
         step, every = self.state.step, self.cfg.eval.eval_steps
@@ -381,19 +386,25 @@ class SFTRecipe:
         weights, optim = self.backend.trained_state(), self.backend.optimizer_state(self.optimizer)
         if self.main:
             checkpoint.save_checkpoint(self.output_dir, self.state.step, self.model, self.method, weights, optim,
-                                       self.scheduler, self.state, self.cfg.checkpoints.save_total_limit)
+                                       self.scheduler, self.state, self.cfg.checkpoints.save_total_limit,
+                                       self.identity)
         self.accelerator.wait_for_everyone()
 
     def _result(self) -> dict:
         return {"output_dir": str(self.output_dir), "steps": self.state.step, "logs": self.log.losses(),
                 "eval": self.log.eval_losses(), "trainable_parameters": self.n_trainable}
 
-    def _dry_run(self) -> dict:
+    def _dry_run(self) -> None:
+        """Say what was checked; None, so the CLI prints no 'trained' line (nothing was)."""
         print(to_yaml(self.cfg), end="")
         share = 100 * self.n_trainable / self.n_total
         print(f"# trainable parameters: {self.n_trainable:,} of {self.n_total:,} ({share:.3f}%)")
-        return {"output_dir": str(self.output_dir), "steps": 0, "logs": [], "trainable_parameters": self.n_trainable,
-                "dry_run": True}
+        schedule = self.cfg.schedule
+        plan = StepPlan(schedule.per_device_train_batch_size, schedule.gradient_accumulation_steps, self.world,
+                        len(self.data), schedule.max_steps, schedule.num_epochs)
+        resume = f", resuming {self.resume_from} (checked)" if self.resume_from is not None else ""
+        print(f"dry run: config, {len(self.data)} rows and the model checked ({plan.total_steps} steps planned"
+              f"{resume}); nothing trained, nothing written to {self.output_dir}")
 
     def _stopped(self) -> dict:
         """Stopped by a signal: the checkpoint is the result, not final weights."""
@@ -405,34 +416,26 @@ class SFTRecipe:
 
     def _finish(self) -> dict:
         """The trained weights and what later stages need to use them (``instructglm.json``)."""
-        from instructglm.runinfo import RunInfo
+        from instructglm.models.adapters import base_signature
+        from instructglm.runinfo import RunInfo, recorded_base
+        from instructglm.train.vocab import is_extended, save_tokenizer
 
         weights = self.backend.trained_state()
         if self.main:
             self.method.save(self.model, self.output_dir, weights)
-            RunInfo(base_model=self.cfg.model, method=self.cfg.method, template=self.manifest["template"],
-                    tokenizer=self.manifest["tokenizer"], dataset=str(self.cfg.dataset), steps=self.state.step,
-                    processes=self.world).save(self.output_dir)
+            if is_extended(self.base_tokenizer, self.tokenizer):  # infer/serve/merge read it from here
+                save_tokenizer(self.tokenizer, self.output_dir)
+            RunInfo(base_model=recorded_base(self.cfg.model), method=self.cfg.method,
+                    template=self.manifest["template"], tokenizer=self.manifest["tokenizer"],
+                    dataset=str(self.cfg.dataset), steps=self.state.step, processes=self.world,
+                    base_config=base_signature(self.model.config)).save(self.output_dir)
         self.log.close()
         self.accelerator.wait_for_everyone()
         return self._result()
 
     def cleanup(self) -> None:
-        """Put the previous signal handlers back (whatever happened)."""
+        """Put the previous signal handlers back and unlock the output directory (whatever happened)."""
         self.stop.restore()
+        if self.lock is not None:
+            self.lock.release()
 
-
-def out_of_memory_message(cfg: TrainConfig, step: int, error: Exception) -> str:
-    """One line naming the settings that lower training memory, with their current values."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
-    schedule, performance = cfg.schedule, cfg.performance
-    knobs = [f"lower per_device_train_batch_size (now {schedule.per_device_train_batch_size}) and raise "
-             f"gradient_accumulation_steps (now {schedule.gradient_accumulation_steps}) to keep the effective batch",
-             "tokenize with a smaller --max-seq-length"]
-    if performance.packing and cfg.method != "ptuning":
-        knobs.append(f"lower pack_length (now {performance.pack_length})")
-    if not performance.gradient_checkpointing:
-        knobs.append("set gradient_checkpointing=true")
-    if cfg.load_in != "4bit" and cfg.method in ("lora", "ptuning"):
-        knobs.append("load_in=4bit (GPU, bitsandbytes)")
-    return f"step {step}: out of GPU memory ({first}); to fit: " + "; ".join(knobs)

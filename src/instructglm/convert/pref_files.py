@@ -1,0 +1,155 @@
+"""``convert`` for preference files: any layout of :mod:`instructglm.convert.preference` -> canonical JSONL.
+
+Same behaviour as SFT conversion (:mod:`instructglm.convert.convert`): the layout is detected per file
+(or forced with ``--format``), every bad record is ``FILE:LINE: reason`` (``--on-error skip`` writes
+them to ``OUT.rejects.jsonl``), ``--dedup`` drops repeats, unused scalar keys stay as metadata, and
+the output is written atomically. ``convert_files`` hands over here when the inputs are preference
+data (:func:`preference_inputs`); one output never mixes preference and SFT records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from contextlib import nullcontext
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from instructglm.convert.preference import PREFERENCE_ALIASES, PREFERENCE_FORMATS, PreferenceFormat, detect_preference
+from instructglm.convert.reading import DETECT_SAMPLES, Rejected, _check_unicode, _metadata
+from instructglm.convert.sources import BadInput, scan_records
+from instructglm.errors import UserError, where
+from instructglm.files import atomic_file, dumps
+from instructglm.record import Preference, RecordError
+
+if TYPE_CHECKING:
+    from instructglm.convert.convert import ConvertConfig
+
+log = logging.getLogger(__name__)
+
+
+def preference_format(name: str) -> PreferenceFormat | None:
+    """The preference layout called ``name`` (or an alias), None for any other name."""
+    return PREFERENCE_FORMATS.get(PREFERENCE_ALIASES.get(name, name))
+
+
+def _sample(path: Path) -> tuple[list[tuple[int, Any]], Iterator[tuple[int, Any]]]:
+    items = scan_records(path)
+    buffered: list[tuple[int, Any]] = []
+    for item in items:
+        buffered.append(item)
+        if sum(not isinstance(x, BadInput) for _, x in buffered) >= DETECT_SAMPLES:
+            break
+    return buffered, items
+
+
+def open_preferences(path: Path, fmt_name: str = "auto") -> tuple[PreferenceFormat | None, Iterator]:
+    """``(layout, items)`` of one file; layout None when the file is not preference data."""
+    forced = preference_format(fmt_name)
+    if fmt_name != "auto" and forced is None:
+        return None, iter(())
+    buffered, rest = _sample(path)
+    fmt = forced or detect_preference([x for _, x in buffered if not isinstance(x, BadInput)])
+    if fmt is not None:
+        log.info("%s: %s preference format '%s'", path, "given" if forced else "detected", fmt.name)
+    return fmt, chain(buffered, rest)
+
+
+def preference_inputs(paths: list[Path], fmt_name: str = "auto") -> bool:
+    """True when every input file is preference data; UserError when some are and some are not."""
+    kinds = {p: open_preferences(p, fmt_name)[0] is not None for p in paths}
+    if any(kinds.values()) and not all(kinds.values()):
+        sft = next(str(p) for p, pref in kinds.items() if not pref)
+        raise UserError(f"{sft}: not preference data, unlike the other inputs; convert SFT and preference "
+                        f"files into separate outputs")
+    return bool(paths) and all(kinds.values())
+
+
+def convert_preference(rec: Any, fmt: PreferenceFormat, source: str, index: int, dropped: set[str]) -> Preference:
+    """One record -> a checked preference with its metadata; RecordError if it is malformed."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"expected a JSON object, got {type(rec).__name__}")
+    pref = fmt.read_preference(rec).check()
+    pref.metadata = _metadata(rec, fmt, source, index, dropped)
+    _check_unicode([*pref.metadata, *pref.metadata.values(),
+                    *(m.content for m in [*pref.prompt, *pref.completions])])
+    return pref
+
+
+def iter_preferences(path: Path, fmt: PreferenceFormat, items, on_reject) -> Iterator[Preference]:
+    """A preference for every good item; each bad one goes to ``on_reject`` or raises ``FILE:LINE``."""
+    dropped: set[str] = set()
+    for index, (line, item) in enumerate(items):
+        try:
+            if isinstance(item, BadInput):
+                rejected = Rejected(str(path), line, item.reason, item.raw)
+            else:
+                yield convert_preference(item, fmt, path.name, index, dropped)
+                continue
+        except RecordError as e:
+            rejected = Rejected(str(path), line, str(e), item)
+        if on_reject is None:
+            raise UserError(rejected.message())
+        on_reject(rejected)
+    if dropped:
+        log.info("%s: dropped non-scalar metadata keys: %s", path, ", ".join(sorted(dropped)))
+
+
+def read_preference_file(path: str | Path, fmt_name: str = "auto") -> list[Preference]:
+    """Every preference of a data file in any preference layout (FILE:LINE errors); for ``eval``."""
+    path = Path(path)
+    fmt, items = open_preferences(path, fmt_name)
+    if fmt is None:
+        raise UserError(f"{path}: not preference data (expected e.g. chosen/rejected answers; layouts: "
+                        f"{', '.join(PREFERENCE_FORMATS)})")
+    out = list(iter_preferences(path, fmt, items, None))
+    if not out:
+        raise UserError(f"{path}: no records")
+    return out
+
+
+def _key(record: dict) -> bytes:
+    parts = {k: record.get(k) for k in ("messages", "chosen", "rejected", "completion", "label")}
+    return hashlib.blake2b(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode(), digest_size=16).digest()
+
+
+def convert_preference_files(cfg: ConvertConfig, paths: list[Path], rej_path: Path | None = None) -> dict:
+    """What ``convert_files`` returns, for preference inputs (plus ``kind: preference``); ``rej_path``:
+    the rejects file (``convert_files`` has checked it), by default ``OUT.rejects.jsonl`` with ``skip``."""
+    from instructglm.convert.convert import MAX_LOGGED_REJECTS, rejects_path
+
+    if rej_path is None and cfg.on_error == "skip":
+        rej_path = rejects_path(cfg.output)
+    counts = Counter(records=0, converted=0, rejected=0, duplicates=0)
+    files, formats, seen = {}, {}, set()
+    with atomic_file(cfg.output) as out, (atomic_file(rej_path) if rej_path else nullcontext()) as rej:
+
+        def on_reject(r: Rejected) -> None:
+            counts["rejected"] += 1
+            if counts["rejected"] <= MAX_LOGGED_REJECTS:
+                log.warning("rejected %s", r.message())
+            rej.write(r.to_json() + "\n")
+
+        for path in paths:
+            fmt, items = open_preferences(path, cfg.format)
+            if fmt is None:
+                raise UserError(f"{where(path)}: not preference data")
+            formats[str(path)] = fmt.name
+            converted = 0
+            for pref in iter_preferences(path, fmt, items, on_reject if rej else None):
+                converted += 1
+                record = pref.to_json()
+                if cfg.dedup:
+                    if (key := _key(record)) in seen:
+                        counts["duplicates"] += 1
+                        continue
+                    seen.add(key)
+                out.write(dumps(record) + "\n")
+                counts["records"] += 1
+            files[str(path)] = converted
+            counts["converted"] += converted
+    return {**counts, "files": files, "formats": formats, "output": cfg.output,
+            "rejects": str(rej_path) if rej_path else None, "kind": "preference"}
