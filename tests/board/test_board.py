@@ -35,6 +35,15 @@ def test_form_has_every_option_with_help_and_default():
     assert fields["packing"]["kind"] == "bool" and fields["dataset"]["required"]
 
 
+def test_every_train_option_has_chinese_help():
+    """The language switch covers the whole form: an option added to TrainConfig without a Chinese help
+    text fails here rather than showing English on the Chinese page."""
+    from instructglm.board.i18n import HELP_ZH
+
+    missing = [key for key in options(TrainConfig) if not HELP_ZH.get(key)]
+    assert not missing, f"add Chinese help for {missing} to board/i18n.py HELP_ZH"
+
+
 def test_command_is_what_the_cli_reads():
     values = {"dataset": "tok", "output_dir": "out", "lora_rank": "16", "learning_rate": "5e-5", "packing": False,
               "max_steps": "7", "method": "lora", "seed": "42", "lr_scheduler": "linear", "eval_dataset": ""}

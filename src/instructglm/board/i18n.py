@@ -86,7 +86,10 @@ HELP_ZH = {
     "output_dir": "训练权重、日志和检查点的保存位置",
     "model": "基础模型：内置名称、目录、.gguf 文件或 Hub ID",
     "method": "微调方法",
-    "stage": "sft（指令微调），或在分词后的偏好数据上做偏好对齐：dpo、orpo、simpo（成对）或 kto",
+    "stage": "sft（指令微调）；pt（在 tokenize --stage pt 的纯文本上继续预训练）；或在分词后的偏好数据上做偏好对齐："
+             "dpo、orpo、simpo（成对）或 kto",
+    "tokenizer": "扩展了模型词表的分词器目录（只新增词元，例如 Chinese-LLaMA 合并后的分词器）；分词时使用同一选项",
+    "add_tokens": "要加入模型分词器的新词元文件，每行一个；分词时使用同一选项",
     "trust_remote_code": "运行模型仓库自带的代码（旧版 ChatGLM-6B/2/3）",
     "load_in": "量化加载基础权重（bitsandbytes，仅 GPU）",
     "lora_rank": "LoRA 秩 r", "lora_alpha": "LoRA alpha（缩放 = alpha / r）", "lora_dropout": "LoRA 输入的 dropout",
