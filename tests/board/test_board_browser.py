@@ -1,5 +1,5 @@
 """The board in headless Chromium (Debian's, driven by Playwright), on a tiny model, the way a person
-uses it: upload a data file and see its format, rejects and preview; launch a 10-step training from
+uses it: upload a data file and see its format, rejects and preview; launch a 40-step training from
 the form and watch the loss curve get points; stop it and resume it to the end; see it in Runs; chat
 with the result (streamed); evaluate it and see the metrics table; merge it and write GGUF; switch to
 Chinese.
@@ -9,26 +9,14 @@ Screenshots of every page go to ``$INSTRUCTGLM_ARTIFACTS/board/`` when that is s
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from real_clients import missing
+from real_clients import chromium, missing
 
 pytestmark = pytest.mark.browser
-STEPS = 10
-
-
-def _chromium():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing("playwright is not installed", "board browser test")
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        missing("chromium is not installed", "board browser test")
-    return sync_api, exe
+STEPS = 40  # long enough that Stop lands mid-run on a quiet machine (10 steps of a tiny model can finish first)
 
 
 @pytest.fixture
@@ -52,7 +40,7 @@ def _data_file(tmp_path: Path) -> Path:
 
 
 def test_board_in_headless_chromium(make_board, tiny_models, tmp_path, shots):  # long because it is one story
-    sync_api, exe = _chromium()
+    sync_api, exe = chromium("board browser test")
     model = tiny_models("llama")
     board, url = make_board()
     data = _data_file(tmp_path)
@@ -123,7 +111,7 @@ def test_board_in_headless_chromium(make_board, tiny_models, tmp_path, shots):  
                                    timeout=180_000)
             assert page.locator("#train-loss circle.point").count() == STEPS
             assert "--resume latest" in page.inner_text("#train-command")
-            assert "trained 10 steps" in page.inner_text("#train-log")
+            assert f"trained {STEPS} steps" in page.inner_text("#train-log")
             shot("3-train-finished")
 
             # ---- Runs

@@ -2,14 +2,11 @@
 the answer ``infer`` gives (transformers' generate, one prompt alone) to compare served answers with."""
 
 import json
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from instructglm.generation import SamplingConfig
 from instructglm.templates import get_template
+from servers import running  # noqa: F401  (the serve tests import it from here)
 
 KEY = "s3cret-key"
 HELLO = [{"role": "user", "content": "Who are you?"}]
@@ -27,26 +24,6 @@ def make_adapter(base: str, out: Path, seed: int) -> str:
     peft_model.save_pretrained(str(out))
     (out / "instructglm.json").write_text(json.dumps({"base_model": base, "method": "lora", "template": "alpaca"}))
     return str(out)
-
-
-@contextmanager
-def running(app):
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def reference(srv, model: str, messages, max_new_tokens: int) -> str:

@@ -3,13 +3,11 @@ on loopback, driven with the official ``openai`` client (streaming included), ra
 browser for the chat page."""
 
 import json
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from real_clients import missing
+from real_clients import chromium, missing
 from serving import HELLO, KEY, reference
 
 pytest.importorskip("fastapi")
@@ -282,20 +280,9 @@ def test_repeated_adapter_flag():
     assert cfg.adapter == ["a=/x", "b=/y", "c=/z"] and cfg.model == "m"
 
 
-def _browser():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing("playwright is not installed", "chat-page test")
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        missing("chromium is not installed", "chat-page test")
-    return sync_api, exe
-
-
 @pytest.mark.browser
 def test_chat_page_in_headless_browser(served):
-    sync_api, exe = _browser()
+    sync_api, exe = chromium("chat-page test")
     url = served["keyed_url"]
     keyed = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
     with sync_api.sync_playwright() as p:
