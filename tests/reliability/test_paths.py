@@ -38,6 +38,20 @@ def canonical_rows(path: Path) -> int:
 # ------------------------------------------------------------------------------------------ written through
 
 
+def test_inputs_that_are_not_what_they_should_be(tmp_path, capsys, tiny_models):
+    """A device given as a data file, or a data file given as a tokenized dataset, is named for what it
+    is: "file not found" would send the user looking for a file that is there."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "hi", "output": "yo"}\n')
+    code, _, err = run_cli(capsys, "convert", "/dev/null", "-o", tmp_path / "a.jsonl")
+    assert code == 2
+    one_error(err, "/dev/null: not a regular file")
+    code, _, err = run_cli(capsys, "train", "--dataset", data, "-o", tmp_path / "out", "--model",
+                           tiny_models("llama"), "--dry-run")
+    assert code == 2
+    one_error(err, "d.jsonl: not a tokenized dataset directory")
+
+
 def test_dev_null_stays_a_character_device(tmp_path, capsys):
     before = os.stat("/dev/null")
     code, out, err = run_cli(capsys, "convert", data(tmp_path / "a.jsonl"), "-o", "/dev/null")

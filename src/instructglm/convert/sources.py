@@ -59,8 +59,9 @@ def scan_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a data file")
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    if not path.is_file():  # a device or FIFO cannot be read twice (format detection, then the records)
+        raise UserError(f"{path}: not a regular file (a device, FIFO or socket); save the data to a file first"
+                        if path.exists() else f"{path}: file not found")
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(_BOM).lstrip()
     if not head:

@@ -161,7 +161,8 @@ def read_manifest(dataset_dir: str | Path) -> dict:
     """The manifest of a tokenized dataset, once its files are checked (the quick checks of
     :func:`check_whole`: ``train`` makes the full one, :func:`instructglm.train.data.check_dataset`)."""
     if not Path(dataset_dir).is_dir():
-        raise UserError(f"{dataset_dir}: not found; run 'instructglm tokenize' first")
+        raise UserError(f"{dataset_dir}: " + ("not a tokenized dataset directory" if Path(dataset_dir).exists()
+                                              else "not found") + "; run 'instructglm tokenize' first")
     if not has_manifest(Path(dataset_dir)):
         raise UserError(f"{dataset_dir}: not a tokenized dataset (no {MANIFEST}); run 'instructglm tokenize' first")
     check_whole(dataset_dir, full=False)
