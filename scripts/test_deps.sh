@@ -24,6 +24,8 @@ need() {  # need WHAT HOW: report a dependency that is not there
 # Debian packages: chromium itself, and the compilers llama.cpp's build needs.
 packages=()
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+# a CJK font: without one chromium draws the board's Chinese page (and its screenshots) as tofu boxes
+fc-list :lang=zh 2>/dev/null | grep -q . || packages+=(fonts-wqy-microhei)
 command -v cmake >/dev/null || packages+=(cmake)
 command -v c++ >/dev/null && command -v cc >/dev/null || packages+=(g++)
 if [ "${#packages[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

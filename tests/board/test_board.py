@@ -119,7 +119,8 @@ def test_errors_come_back_as_one_line(make_board):
     r = httpx.post(url + "/api/train/launch", json={"values": {"dataset": "t", "output_dir": "/elsewhere/x"}})
     assert r.status_code == 400 and "runs/NAME" in r.json()["error"]
     r = httpx.post(url + "/api/data/prepare", json={"source": "/no/such.json"})
-    assert r.status_code == 400 and r.json() == {"error": "/no/such.json: no such file"}
+    assert r.status_code == 400 and r.json() == {"error": "/no/such.json: no such file", "key": "no_such_file",
+                                                 "params": {"path": "/no/such.json"}}
     r = httpx.post(url + "/api/data/upload?name=../../x.json", content=b"[]")  # kept inside the work directory
     assert r.status_code == 200 and r.json()["path"] == str(board.workdir / "uploads" / "x.json")
     r = httpx.post(url + "/api/data/upload?name=.profile", content=b"[]")

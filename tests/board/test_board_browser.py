@@ -1,8 +1,9 @@
 """The board in headless Chromium (Debian's, driven by Playwright), on a tiny model, the way a person
 uses it: upload a data file and see its format, rejects and preview; launch a 40-step training from
 the form and watch the loss curve get points; stop it and resume it to the end; see it in Runs; chat
-with the result (streamed); evaluate it and see the metrics table; merge it and write GGUF; switch to
-Chinese.
+with the result (streamed); evaluate it and see the progress and the metrics table (readable names, the
+CLI's keys); merge it and write GGUF; switch to Chinese: the labels, a CLI error explained in Chinese
+above its own line, the metrics' Chinese names, the board's own error in Chinese.
 
 Screenshots of every page go to ``$INSTRUCTGLM_ARTIFACTS/board/`` when that is set, else to
 ``board-screenshots/`` in pytest's temporary directory (the path is printed)."""
@@ -155,7 +156,12 @@ def test_board_in_headless_chromium(make_board, tiny_models, tmp_path, shots):  
             page.wait_for_function("() => document.querySelectorAll('#eval-table tr').length > 3", timeout=180_000)
             heads = page.locator("#eval-table th").all_inner_texts()
             assert heads[1:] == ["base", "tuned", "Δ tuned"]
-            assert "exact_match" in page.inner_text("#eval-table") and "n = 4" in page.inner_text("#eval-table")
+            assert "n = 4" in page.inner_text("#eval-table")
+            metric = page.locator("#eval-table tr[data-metric=exact_match] td").first
+            assert metric.inner_text().split() == ["Exact", "match", "exact_match"]  # readable, and the CLI's key
+            assert "(exact_match)" in metric.get_attribute("title")
+            assert page.inner_text("#eval-progress .text").startswith("100%")
+            assert "metrics.json" in page.inner_text("#eval-written")
             shot("6-evaluate")
 
             # ---- Export: merge
@@ -169,6 +175,8 @@ def test_board_in_headless_chromium(make_board, tiny_models, tmp_path, shots):  
             assert (board.workdir / "exports" / "run1" / "merged" / "config.json").exists()
             assert (board.workdir / "exports" / "run1" / "model.gguf").stat().st_size > 0
             assert "instructglm export" in page.inner_text("#export-commands")
+            assert page.inner_text("#export-progress .text").startswith("100%")
+            assert "model.gguf" in page.inner_text("#export-written")
             shot("7-export")
 
             # ---- Chinese
@@ -177,7 +185,20 @@ def test_board_in_headless_chromium(make_board, tiny_models, tmp_path, shots):  
             assert page.inner_text("#tabs [data-tab=data]") == "数据"
             assert page.inner_text("#train-launch") == "开始训练"
             assert "常规" in page.locator("#train-form legend").all_inner_texts()
+            page.fill("#opt-lora_rank", "eight")  # a CLI error: what it means in Chinese, above its own line
+            page.wait_for_function("() => document.getElementById('train-why').textContent.includes('类型')")
+            assert "lora_rank" in page.inner_text("#train-command")
             shot("8-train-zh")
+            page.click("#tabs [data-tab=eval]")
+            assert "完全匹配" in page.inner_text("#eval-table") and "exact_match" in page.inner_text("#eval-table")
+            assert page.inner_text("#eval-progress .text").startswith("100% · 完成")
+            shot("9-evaluate-zh")
+            page.click("#tabs [data-tab=data]")
+            page.set_input_files("#data-file", [])
+            page.fill("#data-path", str(tmp_path / "missing.json"))
+            page.click("#data-prepare")  # the board's own error, written in Chinese
+            page.wait_for_function("() => document.getElementById('error').textContent.includes('文件不存在')")
+            shot("10-data-error-zh")
             assert not outside, outside
         except Exception:
             page.screenshot(path=str(shots / "failure.png"), full_page=True)

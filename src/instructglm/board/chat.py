@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from instructglm.board.messages import BoardError, cli_error_line
 from instructglm.errors import UserError
 
 START_TIMEOUT_S = 300
@@ -84,7 +85,7 @@ class ChatServer:
             deadline = time.time() + START_TIMEOUT_S
             while time.time() < deadline:
                 if self.proc.poll() is not None:
-                    raise UserError(self._failure())
+                    raise self._failure()
                 try:
                     if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                         return self.status()
@@ -92,14 +93,16 @@ class ChatServer:
                     pass
                 time.sleep(0.3)
             self.stop()
-            raise UserError(f"{shlex.join(['instructglm', *args])}: the server did not start within "
-                            f"{START_TIMEOUT_S} s")
+            raise BoardError("server_timeout", command=shlex.join(["instructglm", *args]), seconds=START_TIMEOUT_S)
 
-    def _failure(self) -> str:
+    def _failure(self) -> UserError:
+        """The server's own error line, or (a crash) the board's message with the end of its log."""
         text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-        errors = [line for line in text.splitlines() if ": error: " in line]
-        return errors[-1] if errors else (f"{shlex.join(['instructglm', *self.args])}: the server stopped "
-                                          f"(exit status {self.proc.returncode}): {text[-1500:]}")
+        line = cli_error_line(text)
+        if line is not None:
+            return UserError(line)
+        return BoardError("server_stopped", command=shlex.join(["instructglm", *self.args]),
+                          code=self.proc.returncode, tail=text[-1500:])
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

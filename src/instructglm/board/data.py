@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from instructglm.board.messages import BoardError, cli_error_line
 from instructglm.board.runs import safe_name
 from instructglm.constants import STATS
 from instructglm.errors import UserError
@@ -36,18 +37,20 @@ def run_cli(args: list[str], timeout: float = TIMEOUT_S) -> dict:
         done = subprocess.run([sys.executable, "-m", "instructglm", *args], capture_output=True, text=True,
                               env=env, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise UserError(f"{command}: no answer within {timeout:.0f} s") from None
+        raise BoardError("timeout", command=command, seconds=f"{timeout:.0f}") from None
     output = done.stdout + done.stderr
     if done.returncode != 0:
-        errors = [line for line in output.splitlines() if ": error: " in line]
-        raise UserError(errors[-1] if errors else f"{command}: exit status {done.returncode}\n{output[-2000:]}")
+        line = cli_error_line(output)
+        if line is None:
+            raise BoardError("exit_status", command=command, code=done.returncode, tail=output[-2000:])
+        raise UserError(line)  # the CLI's own line; the page adds what its kind of mistake means
     return {"command": command, "code": done.returncode, "output": output}
 
 
 def save_upload(workdir: Path, name: str, body: bytes) -> Path:
-    name = safe_name(Path(name or "").name, "file name")
+    name = safe_name(Path(name or "").name, "file")
     if len(body) > MAX_UPLOAD:
-        raise UserError(f"{name}: larger than {MAX_UPLOAD // 2**20} MB; put it in the work directory and pick it")
+        raise BoardError("too_large", name=name, mb=MAX_UPLOAD // 2**20)
     folder = workdir / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -123,8 +126,8 @@ def prepare(workdir: Path, source: str, name: str, model: str, template: str, ma
     ``WORKDIR/data/NAME.jsonl`` and tokenize it into ``WORKDIR/data/NAME``."""
     src = Path(source).expanduser()
     if not src.is_file():
-        raise UserError(f"{source}: no such file")
-    name = safe_name(name or src.stem.split(".")[0], "dataset name")
+        raise BoardError("no_such_file", path=source)
+    name = safe_name(name or src.stem.split(".")[0], "dataset")
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     canonical, tokenized = data / f"{name}.jsonl", data / name

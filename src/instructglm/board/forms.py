@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from instructglm.config import Option, _base_type, coerce, options, to_yaml
-from instructglm.errors import UserError
+from instructglm.board.messages import BoardError
 
 VERB = "train"
 
@@ -80,7 +80,7 @@ def command_args(cls: type, values: dict[str, Any]) -> list[str]:
     known = options(cls)
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"unknown option(s): {', '.join(unknown)}")
+        raise BoardError("unknown_options", keys=", ".join(unknown))
     words: list[str] = []
     for key, option in known.items():
         if key not in values:
@@ -88,7 +88,7 @@ def command_args(cls: type, values: dict[str, Any]) -> list[str]:
         value = _value(option, values[key])
         if value is None:
             if option.required:
-                raise UserError(f"--{key.replace('_', '-')}: a value is required")
+                raise BoardError("value_required", flag="--" + key.replace("_", "-"))
             continue
         if value == _default(option) and not option.required:
             continue
@@ -120,7 +120,7 @@ def resolve(args: list[str]):
     try:
         parsed = cli.parse_command_line(argv, parser)
     except SystemExit:
-        raise UserError(f"instructglm {VERB}: the options were not understood: {shlex.join(args)}") from None
+        raise BoardError("not_understood", args=shlex.join(args)) from None
     cls, _ = verb.target()
     return verb.configure(parsed, cls)
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from instructglm.errors import UserError
+from instructglm.board.messages import BoardError
 from instructglm.files import atomic_file
 
 WAITING, RUNNING, DONE, FAILED, STOPPED, LOST = "waiting", "running", "done", "failed", "stopped", "lost"
@@ -39,7 +39,9 @@ class Job:
     pid: int | None = None
     returncodes: list[int] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    started: float | None = None
     ended: float | None = None
+    total: int | None = None  # rows an infer command of the job will answer, for its progress bar
     stop_requested: bool = False
 
     def command_lines(self) -> list[str]:
@@ -109,13 +111,14 @@ class JobQueue:
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
     # -------------------------------------------------------------------- actions
-    def submit(self, kind: str, commands: list[list[str]], title: str = "", target: str = "") -> Job:
+    def submit(self, kind: str, commands: list[list[str]], title: str = "", target: str = "",
+               total: int | None = None) -> Job:
         with self.lock:
             if kind == "train" and any(j.kind == "train" and j.target == target and j.status in (WAITING, RUNNING)
                                        for j in self.jobs.values()):
-                raise UserError(f"{target}: a training job for this run is already queued or running")
+                raise BoardError("train_queued", target=target)
             job_id = time.strftime("%Y%m%d-%H%M%S-") + f"{len(self.jobs) + 1:03d}"
-            job = Job(job_id, kind, commands, title, target)
+            job = Job(job_id, kind, commands, title, target, total=total)
             self.jobs[job_id] = job
             self._save(job)
             self.lock.notify_all()
@@ -136,13 +139,13 @@ class JobQueue:
                     except ProcessLookupError:
                         pass
             else:
-                raise UserError(f"job {job_id} is not running (it is {job.status})")
+                raise BoardError("job_not_running", job=job_id, status=job.status)
             self._save(job)
             return job
 
     def get(self, job_id: str) -> Job:
         if job_id not in self.jobs:
-            raise UserError(f"no job {job_id}")
+            raise BoardError("no_job", job=job_id)
         return self._refresh(self.jobs[job_id])
 
     def _refresh(self, job: Job) -> Job:
@@ -171,7 +174,7 @@ class JobQueue:
                 waiting = [j for j in self.jobs.values() if j.status == WAITING]
                 if waiting and not busy:
                     job = min(waiting, key=lambda j: j.created)
-                    job.status = RUNNING
+                    job.status, job.started = RUNNING, time.time()
                     self._save(job)
                     return job
                 self.lock.wait(timeout=1.0)

@@ -21,6 +21,8 @@ from instructglm.board import forms, runs
 from instructglm.board.chat import ChatServer
 from instructglm.board.i18n import TEXTS
 from instructglm.board.jobs import JobQueue
+from instructglm.board.messages import BoardError, payload
+from instructglm.board.progress import failure, job_view
 from instructglm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class Board:
     presets_dir: Path
 
     def run_dir(self, name: str) -> Path:
-        path = self.workdir / "runs" / runs.safe_name(name, "run name")
+        path = self.workdir / "runs" / runs.safe_name(name, "run")
         return path
 
     def train_config(self):
@@ -63,9 +65,9 @@ async def _body(request: Request) -> dict:
     try:
         body = await request.json()
     except ValueError:
-        raise UserError("the request body is not JSON") from None
+        raise BoardError("body_not_json") from None
     if not isinstance(body, dict):
-        raise UserError("the request body must be a JSON object")
+        raise BoardError("body_not_object")
     return body
 
 
@@ -81,8 +83,7 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
     @app.middleware("http")
     async def auth(request: Request, call_next):
         if not _authorized(board, request):
-            return JSONResponse({"error": "a board token is needed: open the address the board printed "
-                                          "(…/?token=…)"}, status_code=401)
+            return JSONResponse(payload(BoardError("token")), status_code=401)
         response = await call_next(request)
         if board.token is not None and request.query_params.get("token"):
             response.set_cookie(COOKIE, board.token, httponly=True, samesite="strict")
@@ -90,13 +91,12 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(payload(exc), status_code=400)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception):
         log.exception("board: %s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error in the board ({type(exc).__name__}: {exc}); "
-                                      f"the board's terminal has the details"}, status_code=500)
+        return JSONResponse(payload(BoardError("internal", detail=f"{type(exc).__name__}: {exc}")), status_code=500)
 
     @app.get("/")
     async def page():
@@ -152,8 +152,7 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
         shown = await run_in_threadpool(forms.preview, board.train_config(), values)
         target = Path(str(values.get("output_dir"))).expanduser().resolve()
         if target != board.run_dir(target.name).resolve():
-            raise UserError(f"--output-dir {values.get('output_dir')}: the board runs and watches training runs in "
-                            f"{board.workdir / 'runs'}/NAME; choose a directory there")
+            raise BoardError("output_dir", given=values.get("output_dir"), runs=board.workdir / "runs")
         job = board.jobs.submit("train", [["train", *shown["args"]]], target.name, str(board.run_dir(target.name)))
         return {**shown, "job": job.public()}
 
@@ -161,7 +160,7 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
     async def resume(request: Request):
         run = board.run_dir(str((await _body(request)).get("run", "")))
         if not runs.checkpoints(run):
-            raise UserError(f"{run}: no finished checkpoint to resume from")
+            raise BoardError("no_checkpoint", run=run)
         job = board.jobs.submit("train", [resume_command(board, run)], run.name, str(run))
         return {"command": job.command_lines()[0], "job": job.public()}
 
@@ -174,23 +173,25 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
         run = board.run_dir(name)
         summary = _summary(board, run)
         summary["log_tail"] = board.jobs.log_tail(summary["job"]["id"]) if summary["job"] else ""
+        job = board.jobs.latest("train", str(run))
+        summary["failure"] = failure(board.jobs, job) if job else None
         return summary
 
     @app.post("/api/runs/{name}/report")
     async def report(name: str):
         run = board.run_dir(name)
         if not runs.finished(run):
-            raise UserError(f"{run}: not a finished training run (no instructglm.json)")
+            raise BoardError("not_finished", run=run)
         job = board.jobs.submit("report", [["report", str(run)]], run.name, str(run))
         return {"job": job.public(), "commands": job.command_lines()}
 
     @app.get("/api/runs/{name}/{file}")
     async def run_file(name: str, file: str):
         if file not in ("report.html", "loss.png"):
-            raise UserError(f"{file}: not a file the board shows")
+            raise BoardError("not_shown", file=file)
         path = board.run_dir(name) / file
         if not path.exists():
-            raise UserError(f"{path}: not written yet")
+            raise BoardError("not_written", path=path)
         return FileResponse(path)
 
     # ------------------------------------------------------------------ jobs
@@ -200,7 +201,7 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
 
     @app.get("/api/jobs/{job_id}")
     async def job(job_id: str):
-        return {**board.jobs.get(job_id).public(), "log_tail": board.jobs.log_tail(job_id)}
+        return job_view(board.jobs, board.jobs.get(job_id))
 
     @app.post("/api/jobs/{job_id}/stop")
     async def stop(job_id: str):
@@ -217,7 +218,7 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
     async def chat(request: Request):
         b = await _body(request)
         if not board.chat.status()["running"]:
-            raise UserError("start the chat model first (Load)")
+            raise BoardError("chat_not_loaded")
         body = {"model": b.get("model"), "messages": b.get("messages"), "stream": True,
                 "max_tokens": _int(b.get("max_tokens", 128), "max_tokens"), "temperature": 0}
         return StreamingResponse(_relay(board, body), media_type="text/event-stream")
@@ -226,11 +227,11 @@ def create_app(board: Board) -> FastAPI:  # long because it declares every route
     @app.post("/api/eval")
     async def evaluate(request: Request):
         b = await _body(request)
-        return _eval_job(board, b)
+        return await run_in_threadpool(_eval_job, board, b)
 
     @app.get("/api/evals/{name}")
     async def eval_result(name: str):
-        folder = board.workdir / "evals" / runs.safe_name(name, "evaluation name")
+        folder = board.workdir / "evals" / runs.safe_name(name, "eval")
         return {"metrics": runs.read_metrics(folder / "metrics.json"), "path": str(folder)}
 
     @app.post("/api/export")
@@ -244,7 +245,7 @@ def _int(value: Any, key: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise UserError(f"{key}: expected a whole number, got {value!r}") from None
+        raise BoardError("whole_number", key=key, value=repr(value)) from None
 
 
 def _summary(board: Board, run: Path) -> dict:
@@ -284,20 +285,20 @@ async def _relay(board: Board, body: dict):
                         message = json.loads(text)["error"]["message"]
                     except (ValueError, KeyError, TypeError):
                         message = text[:500]
-                    yield f"data: {json.dumps({'error': message})}\n\n".encode()
+                    yield f"data: {json.dumps(payload(UserError(message)))}\n\n".encode()
                     return
                 async for chunk in r.aiter_raw():
                     yield chunk
     except httpx.HTTPError as e:
-        yield f"data: {json.dumps({'error': f'the chat model server did not answer: {e}'})}\n\n".encode()
+        yield f"data: {json.dumps(payload(BoardError('server_unreachable', detail=e)))}\n\n".encode()
 
 
 def _eval_job(board: Board, b: dict) -> dict:
     run_name = str(b.get("run") or "")
     data = Path(str(b.get("data") or ""))
     if not data.is_file():
-        raise UserError(f"{data}: no such data file")
-    name = runs.safe_name(str(b.get("name") or f"{run_name or 'base'}-{data.stem}"), "evaluation name")
+        raise BoardError("no_such_data_file", path=data)
+    name = runs.safe_name(str(b.get("name") or f"{run_name or 'base'}-{data.stem}"), "eval")
     folder = board.workdir / "evals" / name
     folder.mkdir(parents=True, exist_ok=True)
     infer = ["infer", "--data", str(data), "-o", str(folder / "predictions.jsonl")]
@@ -312,15 +313,27 @@ def _eval_job(board: Board, b: dict) -> dict:
     if b.get("max_new_tokens"):
         infer += ["--max-new-tokens", str(_int(b["max_new_tokens"], "max_new_tokens"))]
     score = ["eval", str(folder / "predictions.jsonl"), "-o", str(folder / "metrics.json")]
-    job = board.jobs.submit("eval", [infer, score], name, str(folder))
+    total = _rows_to_answer(data, _int(b["limit"], "limit") if b.get("limit") else None)
+    job = board.jobs.submit("eval", [infer, score], name, str(folder), total=total)
     return {"name": name, "job": job.public(), "commands": job.command_lines()}
+
+
+def _rows_to_answer(data: Path, limit: int | None) -> int | None:
+    """The records ``infer`` will answer (read as infer reads them), for its progress bar; a file it
+    cannot read counts as unknown here: the infer command itself then says why, in the page."""
+    from instructglm.convert import read_conversations
+
+    try:
+        return len(read_conversations(data, limit=limit))
+    except (UserError, OSError, ValueError):
+        return None
 
 
 def _export_job(board: Board, b: dict) -> dict:
     run = board.run_dir(str(b.get("run") or ""))
     if not runs.finished(run):
-        raise UserError(f"{run}: not a finished training run (no instructglm.json)")
-    folder = board.workdir / "exports" / runs.safe_name(str(b.get("name") or run.name), "export name")
+        raise BoardError("not_finished", run=run)
+    folder = board.workdir / "exports" / runs.safe_name(str(b.get("name") or run.name), "export")
     merged = folder / "merged"
     commands = [["merge", "--adapter", str(run), "-o", str(merged)]]
     if b.get("gguf"):

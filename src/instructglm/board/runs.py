@@ -15,14 +15,14 @@ CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
-def safe_name(name: str, what: str = "name") -> str:
-    """A file or run name the board creates under the work directory (no path separators, no dots first)."""
-    from instructglm.errors import UserError
+def safe_name(name: str, what: str = "run") -> str:
+    """A file or run name the board creates under the work directory (no path separators, no dots first);
+    ``what`` says which name it is (a ``what.*`` key of i18n: run, file, dataset, eval, export, adapter)."""
+    from instructglm.board.messages import BoardError
 
     name = (name or "").strip()
     if not SAFE_NAME.match(name):
-        raise UserError(f"{what} '{name}': use letters, digits, '.', '_' and '-' (at most 80, not starting with "
-                        f"'.' or '-')")
+        raise BoardError("bad_name", what=what, name=name)
     return name
 
 

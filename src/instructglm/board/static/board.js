@@ -1,7 +1,8 @@
 "use strict";
 // InstructGLM Board: one small script, no framework. Every action asks the board's JSON API, which
 // runs an `instructglm` command and answers with the command line it ran; errors come back as
-// {"error": "..."} and are shown at the top of the page.
+// {"error": "one line", "key"+"params" | "kind"} and are shown at the top of the page in the chosen
+// language: the board's own message from its key, or a CLI error's kind explained above its own line.
 const $ = (id) => document.getElementById(id);
 const state = {lang: localStorage.getItem("board-lang") || "en", texts: {en: {}, zh: {}}, schema: null,
                current: null, poll: null, jobPolls: {}, chatModels: [], histories: {}, lastCommand: ""};
@@ -22,27 +23,57 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function showError(message) {
-  const box = $("error");
-  box.textContent = message ? t("error") + ": " + message : "";
-  box.hidden = !message;
+// An error as the page shows it: {text} for the board's own messages (its template filled in the chosen
+// language), {text, line} for the CLI's (what its kind of mistake means, then the CLI's line verbatim,
+// which names the file, line or flag).
+function fill(template, params) {
+  return template.replace(/\{(\w+)\}/g, (m, k) => params[k] === undefined ? m
+    : k === "what" ? t("what." + params[k], params[k]) : params[k]);
 }
+
+function errorParts(p) {
+  if (typeof p === "string") return {text: p};
+  if (p.key) return {text: fill(t("err." + p.key, p.error), p.params || {})};
+  return {text: t("why." + (p.kind || "other"), t("why.other")), line: p.error};
+}
+
+function errorNodes(p) {
+  const parts = errorParts(p);
+  const nodes = [el("div", {class: "why"}, el("strong", {text: t("error")}), parts.text)];
+  if (parts.line) nodes.push(el("div", {class: "why-head", text: t("why.head")}),
+                             el("code", {class: "verbatim", text: parts.line}));
+  return nodes;
+}
+
+function showError(p) {
+  state.lastError = p || null;  // shown again in the other language when it is switched
+  const box = $("error");
+  box.replaceChildren(...(p ? errorNodes(p) : []));
+  box.hidden = !p;
+}
+
+const fail = (e) => showError(e.payload || e.message);
+const boardError = (key, params) => Object.assign(new Error(fill(t("err." + key), params || {})),
+                                                  {payload: {key, params: params || {}}});
 
 async function api(method, path, body, raw) {
   const init = {method, headers: {}};
   if (raw !== undefined) { init.body = raw; init.headers["Content-Type"] = "application/octet-stream"; }
   else if (body !== undefined) { init.body = JSON.stringify(body); init.headers["Content-Type"] = "application/json"; }
   let r;
-  try { r = await fetch(path, init); } catch (e) { throw new Error(t("err.network") + ": " + e); }
+  try { r = await fetch(path, init); } catch (e) { throw boardError("network"); }
   const data = await r.json().catch(() => ({error: `HTTP ${r.status}`}));
-  if (!r.ok || (data && data.error && !Array.isArray(data))) throw new Error(data.error || `HTTP ${r.status}`);
+  if (!r.ok || (data && data.error && !Array.isArray(data))) {
+    const payload = data && data.error ? data : {error: `HTTP ${r.status}`};
+    throw Object.assign(new Error(payload.error), {payload});
+  }
   return data;
 }
 
 async function act(button, fn) {
   showError("");
   if (button) button.disabled = true;
-  try { return await fn(); } catch (e) { showError(e.message); } finally { if (button) button.disabled = false; }
+  try { return await fn(); } catch (e) { fail(e); } finally { if (button) button.disabled = false; }
 }
 
 function showCommands(id, lines) {
@@ -54,9 +85,17 @@ function applyLanguage() {
   document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
   if (state.schema) buildForm(collectValues());
+  showError(state.lastError);
+  showChosenFile();
+  if (state.commandError) showCommandError(state.commandError);
+  if (typeof redrawTools === "function") redrawTools();
+  if (state.run) showRun(state.run);
+  if (state.prepared) showData(state.prepared);
+  if (!$("page-runs").hidden) refreshRuns().catch(fail);
 }
 
 function showTab(name) {
+  showError("");  // an error belongs to the page whose action made it
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + name;
   if (name === "runs") refreshRuns();
@@ -100,7 +139,7 @@ function drawChart(svg, series, w, h) {
 async function prepareData() {
   const file = $("data-file").files[0];
   let source = $("data-path").value.trim();
-  if (!file && !source) throw new Error(t("err.no_file"));
+  if (!file && !source) throw boardError("no_file");
   if (file) {
     const up = await api("POST", "/api/data/upload?name=" + encodeURIComponent(file.name), undefined,
                          await file.arrayBuffer());
@@ -112,6 +151,11 @@ async function prepareData() {
       model: $("data-model").value.trim(), template: $("data-template").value, max_seq_length: $("data-maxlen").value});
     showData(r);
   } finally { $("data-prepare").textContent = t("data.prepare"); }
+}
+
+function showChosenFile() {
+  const file = $("data-file").files[0];
+  $("data-file-name").textContent = file ? file.name : t("data.no_file");
 }
 
 function showData(r) {
@@ -175,7 +219,7 @@ function buildForm(values) {
                   onclick: (e) => e.target.parentNode.classList.toggle("folded")}),
     ...g.fields.map((f) => {
       const help = state.lang === "zh" ? t("help." + f.key, f.help) : f.help;
-      const shown = f.default === null || f.default === "" ? "" : ` (${t("train.default")}: ${f.default})`;
+      const shown = f.default === null || f.default === "" ? "" : fill(t("train.default"), {value: f.default});
       return el("div", {class: "field", "data-field": f.key},
         el("label", {class: "key", for: "opt-" + f.key, text: f.flag}),
         fieldInput(f, values[f.key] !== undefined ? values[f.key] : f.default),
@@ -212,10 +256,20 @@ async function previewCommand() {
     $("train-command").textContent = r.command;
     $("train-yaml").textContent = r.yaml;
     $("train-command").classList.remove("invalid");
+    state.commandError = null;
+    $("train-why").replaceChildren();
   } catch (e) {
-    $("train-command").textContent = e.message;
-    $("train-command").classList.add("invalid");
+    showCommandError(e.payload || e.message);
   }
+}
+
+// What the form says that the CLI refuses: the CLI's (or the form's) line in the command box, and what it
+// means, in the chosen language, above it.
+function showCommandError(p) {
+  state.commandError = p;
+  $("train-command").textContent = typeof p === "string" ? p : p.error;
+  $("train-command").classList.add("invalid");
+  $("train-why").textContent = errorParts(p).text;
 }
 
 async function loadSchema() {
@@ -248,7 +302,7 @@ function watchRun(name) {
   state.current = name;
   $("train-live").hidden = false;
   clearInterval(state.poll);
-  state.poll = setInterval(() => refreshRun().catch((e) => showError(e.message)), 1000);
+  state.poll = setInterval(() => refreshRun().catch(fail), 1000);
   return refreshRun();
 }
 
@@ -256,6 +310,14 @@ async function refreshRun() {
   if (!state.current) return;
   const r = await api("GET", "/api/runs/" + encodeURIComponent(state.current));
   state.run = r;
+  showRun(r);
+  const running = r.status === "running" || r.status === "waiting";
+  if (!running) { clearInterval(state.poll); state.poll = null; }
+  if (r.status === "failed" && r.failure) showError(r.failure);
+}
+
+// The watched run's status, curves, numbers and log (drawn again in the other language on a switch).
+function showRun(r) {
   const status = $("train-status");
   status.textContent = `${r.name}: ${t("status." + r.status, r.status)}`;
   status.className = "status " + r.status;
@@ -268,7 +330,7 @@ async function refreshRun() {
   let eta = "";
   if (total && last.step && r.job && r.status === "running") {
     const spent = Date.now() / 1000 - r.job.created;
-    eta = ` · ${t("train.eta")} ${Math.max(0, Math.round(spent / last.step * (total - last.step)))} s`;
+    eta = ` · ${t("train.eta")} ` + fill(t("progress.elapsed"), {s: Math.max(0, Math.round(spent / last.step * (total - last.step)))});
   }
   $("train-stats").textContent = last.step ? `${t("train.step")} ${last.step}${total ? "/" + total : ""} · ` +
     `${t("train.loss")} ${last.loss.toFixed(4)} · ${last.tokens_per_s ?? "-"} ${t("train.tokens_s")}${eta}` : "";
@@ -277,7 +339,6 @@ async function refreshRun() {
   const running = r.status === "running" || r.status === "waiting";
   $("train-stop").disabled = !running || !r.job;
   $("train-resume").disabled = running || !r.checkpoints.length || r.status === "finished";
-  if (!running) { clearInterval(state.poll); state.poll = null; }
 }
 
 async function stopRun() {
@@ -320,7 +381,7 @@ async function writeReport(name) {
   for (let i = 0; i < 600; i++) {
     const j = await api("GET", "/api/jobs/" + r.job.id);
     if (!["running", "waiting"].includes(j.status)) {
-      if (j.status !== "done") throw new Error(j.log_tail.split("\n").filter((l) => l.includes("error")).pop() || j.status);
+      if (j.status !== "done") throw Object.assign(new Error(j.status), {payload: j.failure || j.status});
       break;
     }
     await new Promise((ok) => setTimeout(ok, 500));
@@ -352,10 +413,13 @@ async function start() {
   const [texts, s] = await Promise.all([api("GET", "/api/i18n"), api("GET", "/api/state")]);
   state.texts = texts;
   $("workdir").textContent = s.workdir;
+  $("workdir").parentNode.title = s.workdir;
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   $("lang").addEventListener("click", () => { state.lang = state.lang === "en" ? "zh" : "en";
     localStorage.setItem("board-lang", state.lang); applyLanguage(); });
   $("data-prepare").addEventListener("click", (e) => act(e.target, prepareData));
+  $("data-choose").addEventListener("click", () => $("data-file").click());  // the page's words, not the browser's
+  $("data-file").addEventListener("change", showChosenFile);
   $("data-use").addEventListener("click", () => {
     const v = collectValues();
     buildForm({...v, dataset: state.prepared.dataset, model: state.prepared.model});
@@ -385,4 +449,4 @@ async function start() {
   document.body.dataset.ready = "1";
 }
 
-window.addEventListener("DOMContentLoaded", () => start().catch((e) => showError(e.message)));
+window.addEventListener("DOMContentLoaded", () => start().catch(fail));
