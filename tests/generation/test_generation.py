@@ -44,6 +44,21 @@ def test_detokenizer_pieces_add_up_and_never_split_a_character(tok):
     assert any(p == "" for p in pieces)  # held back while a character was incomplete
 
 
+def test_detokenizer_cost_per_token_is_flat(tok):
+    """About one decode per token, of at most a window of ids, however long the answer: the text
+    of the window's start is kept from the previous token, not decoded again."""
+    ids = tok(MIXED * 8, add_special_tokens=False).input_ids
+    detok = Detokenizer(tok)
+    calls = []
+    decode = detok._decode
+    detok._decode = lambda part: (calls.append(len(part)), decode(part))[1]
+    pieces = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(pieces) == MIXED * 8
+    assert len(ids) > 10 * Detokenizer.WINDOW
+    assert max(calls) <= Detokenizer.WINDOW + 4  # + the byte tokens of a character still incomplete
+    assert len(calls) < 1.25 * len(ids)  # re-decoding the context every token would be 2 per token
+
+
 def test_text_stream_streamed_equals_whole_answer(tok):
     text = "  北京是中国的首都。\n### Instruction:\n下一个问题"
     ids = tok(text, add_special_tokens=False).input_ids

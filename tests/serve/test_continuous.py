@@ -173,3 +173,27 @@ def test_newcomers_are_prefilled_together_but_never_held_long(served):
         batcher._step()
     assert [r.adapter for r in batcher.batch.running.rows] == [None, "a1", "a2"]
     batcher._fail("test over")
+
+
+def test_waiting_events_leave_in_one_write():
+    """Events that are already waiting when a stream resumes go out as one write (one pass through
+    the middleware stack and one socket send), and still read as the same server-sent events."""
+    import asyncio
+    import json
+
+    from instructglm.serve.batcher import Delta, Done, GenRequest
+    from instructglm.serve.replies import Reply, _events
+
+    async def writes(events_in: list) -> list[str]:
+        req, queue = GenRequest(prompt_ids=[1, 2]), asyncio.Queue()
+        for event in events_in:
+            queue.put_nowait(event)
+        return [w async for w in _events(req, queue, Reply(req, chat=True), include_usage=True)]
+
+    out = asyncio.run(writes([Delta("Par"), Delta("is"), Done("length", 2)]))
+    assert len(out) == 2  # the opening role chunk, then everything that was waiting
+    events = [e[len("data: "):] for e in "".join(out).split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Paris"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length" and chunks[-1]["usage"]["completion_tokens"] == 2

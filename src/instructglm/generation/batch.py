@@ -163,6 +163,7 @@ class _Rows:
         self.adapters = [r.adapter or PEFT_BASE for r in rows] if mixed else None
         self.cache = None
         self.lora_mask = None  # RowLoRA's mask of these rows, made when first needed
+        self.reshaped = False  # rows left or joined: leading cache columns may have become padding for all
 
     def select(self, keep: list[int]) -> None:
         import torch
@@ -175,6 +176,7 @@ class _Rows:
         self.mask, self.tokens, self.pos = self.mask[index], self.tokens[index], self.pos[index]
         self.temps, self.top_ps = self.temps[index], self.top_ps[index]
         self.cache.batch_select_indices(index)
+        self.reshaped = True
 
     def extend(self, other: "_Rows") -> None:
         import torch
@@ -188,6 +190,7 @@ class _Rows:
             self.lora_mask = None
         merge_caches(self.cache, other.cache)
         self.rows += other.rows
+        self.reshaped = True
 
 
 class DecodeBatch:
@@ -303,10 +306,12 @@ class DecodeBatch:
         if not run.rows:
             self.running = None
             return
-        unused = int((run.mask.sum(0) == 0).int().cumprod(0).sum())  # leading columns no row attends to
-        if unused:
-            run.mask = run.mask[:, unused:]
-            trim_cache(run.cache, unused)
+        if run.reshaped:  # only rows leaving or joining make columns unused: not looked for on other steps
+            run.reshaped = False
+            unused = int((run.mask.sum(0) == 0).int().cumprod(0).sum())  # leading columns no row attends to
+            if unused:
+                run.mask = run.mask[:, unused:]
+                trim_cache(run.cache, unused)
 
     def _advance(self, part: _Rows, picked, errors: dict) -> None:
         """Hand each row its token; rows that are over leave ``part`` (and their ``on_end`` runs), and

@@ -125,27 +125,41 @@ async def _whole(request, req: GenRequest, events: asyncio.Queue, reply: Reply):
 
 
 async def _events(req: GenRequest, events: asyncio.Queue, reply: Reply, include_usage: bool):
+    """The answer as server-sent events. Every event already waiting goes out in one write: each
+    write passes the middleware stack and a socket send, and a loop that fell behind (or an
+    answer's last piece with its closing chunks) would otherwise pay that once per event."""
     finished = False
     try:
         if reply.chat:
             yield reply.chunk("", first=True)
-        while True:
+        out = []
+        while not finished:
             event = await events.get()
-            if isinstance(event, Delta):
-                yield reply.chunk(event.text)
-                continue
-            finished = True
-            if isinstance(event, Failed):
-                yield "data: " + json.dumps(APIError(500, event.message, type_="server_error").body()) + "\n\n"
-            else:
-                yield reply.chunk("", event.reason)
-                if include_usage:
-                    yield reply.chunk(None, usage=reply.usage(event.tokens))
-            break
-        yield "data: [DONE]\n\n"
+            while True:
+                finished = _event_chunks(event, reply, include_usage, out)
+                if finished or events.empty():
+                    break
+                event = events.get_nowait()
+            yield "".join(out)
+            out = []
     finally:
         if not finished:  # the client went away (or the server is shutting down): free the row
             req.cancel()
+
+
+def _event_chunks(event, reply: Reply, include_usage: bool, out: list[str]) -> bool:
+    """Append ``event``'s server-sent events to ``out``; True when the answer is over."""
+    if isinstance(event, Delta):
+        out.append(reply.chunk(event.text))
+        return False
+    if isinstance(event, Failed):
+        out.append("data: " + json.dumps(APIError(500, event.message, type_="server_error").body()) + "\n\n")
+    else:
+        out.append(reply.chunk("", event.reason))
+        if include_usage:
+            out.append(reply.chunk(None, usage=reply.usage(event.tokens)))
+    out.append("data: [DONE]\n\n")
+    return True
 
 
 async def respond(request, server, req: GenRequest, body: dict, chat: bool):
