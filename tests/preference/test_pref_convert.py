@@ -132,3 +132,85 @@ def test_preference_record_round_trip_and_checks():
                                                   {"role": "assistant", "content": "a"}]})
     with pytest.raises(RecordError, match="not a canonical preference record"):
         Preference.from_json({"messages": rec["messages"]})
+
+
+# --------------------------------------------------------------------------- --map for preference layouts
+
+
+def _mapped(tmp_path, name, items):
+    out = tmp_path / "out.jsonl"
+    cfg = ConvertConfig(inputs=[str(DATA / name)], output=str(out), map=items)
+    return convert_preference_files(cfg, [DATA / name]), [p for _, p in read_preferences(out)], out
+
+
+def test_map_reads_odd_pair_columns(tmp_path):
+    result, prefs, out = _mapped(tmp_path, "mapped_pairs.jsonl",
+                                 ["instruction=question", "input=ctx", "chosen=good", "rejected=bad"])
+    assert result["formats"] == {str(DATA / "mapped_pairs.jsonl"): "mapped"} and result["records"] == 3
+    assert [p.prompt[-1].content for p in prefs] == ["What is the capital of Italy?", "把下面的词翻译成英文\n\n月亮",
+                                                     "Sort these numbers.\n\n3, 1, 2"]
+    assert [(p.chosen.content, p.rejected.content) for p in prefs] == [
+        ("Rome.", "Rome.\n\n### Answer:\nRome."), ("moon", "把下面的词翻译成英文"), ("1, 2, 3", "3, 2, 1")]
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["topic"] for r in records] == ["capital", "translate", "sort"]  # unmapped keys stay as metadata
+    assert not {"good", "bad", "question", "ctx"} & set(records[0])
+
+
+def test_map_reads_a_kto_label_and_a_turn_list(tmp_path):
+    _, prefs, _ = _mapped(tmp_path, "mapped_kto.jsonl", ["instruction=query", "completion=reply", "label=thumbs_up"])
+    assert [(p.prompt[-1].content, p.chosen.content, p.label) for p in prefs] == [
+        ("一年有几个月？", "十二个月。", True), ("How many legs does a spider have?", "Six.", False)]
+    assert all(p.rejected is None for p in prefs)
+    _, (pref,), _ = _mapped(tmp_path, "mapped_turns.jsonl", ["messages=dialog", "role=speaker", "content=text",
+                                                              "chosen=better", "rejected=worse"])
+    assert [m.role for m in pref.prompt] == ["user", "assistant", "user"]
+    assert (pref.chosen.content, pref.rejected.content) == ("是。", "Yes, water is wet.")
+
+
+def test_a_missing_mapped_field_is_a_file_line_error(tmp_path):
+    with pytest.raises(UserError, match=r"mapped_pairs\.jsonl:1: --map rejected=worse: the record has no key 'worse' "
+                                        r"\(its keys: bad, ctx, good, question, topic\)"):
+        _mapped(tmp_path, "mapped_pairs.jsonl", ["instruction=question", "chosen=good", "rejected=worse"])
+    with pytest.raises(UserError, match=r"mapped_pairs\.jsonl:1: missing field 'rejected' \(or map it: "
+                                        r"--map rejected=KEY\)"):
+        _mapped(tmp_path, "mapped_pairs.jsonl", ["instruction=question", "chosen=good"])
+    with pytest.raises(UserError, match=r"mapped_kto\.jsonl:1: 'reply' \(the KTO label\) must be true or false"):
+        _mapped(tmp_path, "mapped_kto.jsonl", ["instruction=query", "completion=thumbs_up", "label=reply"])
+
+
+def test_map_skips_bad_records_into_the_rejects_file(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"q": "Hi", "good": "Hello", "bad": "Go away"}) + "\n"
+                    + json.dumps({"q": "Hi again", "good": "Hello again"}) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    cfg = ConvertConfig(inputs=[str(rows)], output=str(out), on_error="skip",
+                        map=["instruction=q", "chosen=good", "rejected=bad"])
+    result = convert_preference_files(cfg, [rows])
+    assert (result["records"], result["rejected"]) == (1, 1)
+    reject = json.loads(Path(result["rejects"]).read_text().splitlines()[0])
+    assert reject["line"] == 2 and "--map rejected=bad" in reject["reason"]
+
+
+@pytest.mark.parametrize("items, message", [
+    (["chosen=good", "completion=reply"], "chosen (a chosen/rejected pair) and completion (a KTO completion"),
+    (["output=answer", "chosen=good"], "--map output=answer with chosen: preference data has no single reply"),
+    (["label=ok", "rejected=bad"], "rejected (a chosen/rejected pair) and label"),
+])
+def test_preference_maps_that_cannot_be_read_are_refused(items, message):
+    from instructglm.convert.columns import ColumnMap
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ColumnMap.parse(items)
+
+
+def test_convert_cli_with_a_preference_map(tmp_path, capsys):
+    from instructglm.cli import main
+
+    out = tmp_path / "out.jsonl"
+    code = main(["convert", str(DATA / "mapped_pairs.jsonl"), "-o", str(out), "--map", "instruction=question",
+                 "--map", "input=ctx", "--map", "chosen=good", "--map", "rejected=bad"])
+    assert code == 0 and [p.chosen.content for _, p in read_preferences(out)] == ["Rome.", "moon", "1, 2, 3"]
+    code = main(["convert", str(DATA / "mapped_pairs.jsonl"), "-o", str(out), "--map", "instruction=question",
+                 "--map", "chosen=good", "--map", "rejected=worse"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mapped_pairs.jsonl:1: --map rejected=worse: the record has no key 'worse'" in err

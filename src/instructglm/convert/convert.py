@@ -45,7 +45,8 @@ class ConvertConfig:
     dedup: bool = opt(False, help="drop records whose messages exactly repeat an earlier record's")
     map: list[str] = opt([], help="read a layout no format lists: FIELD=KEY, the file's KEY for FIELD "
                                   "(instruction, input, output, history, system; or messages, role, content "
-                                  "for a list of turns), e.g. --map instruction=question --map output=std_answer")
+                                  "for a list of turns; preference data: chosen, rejected, or completion, label "
+                                  "for KTO), e.g. --map instruction=question --map output=std_answer")
 
     def validate(self) -> None:
         self.columns()
@@ -115,7 +116,8 @@ def convert_files(cfg: ConvertConfig) -> dict:
     origin: dict[str, str] = {}
     paths = expand_inputs(cfg.inputs, origin)
     rej_path = check_outputs(cfg, paths, origin)
-    if columns is None and preference_inputs(paths, cfg.format):  # chosen/rejected or KTO data: pref_files.py
+    # chosen/rejected or KTO data (detected, or named by --map): pref_files.py
+    if (columns.preference if columns is not None else preference_inputs(paths, cfg.format)):
         return convert_preference_files(cfg, paths, rej_path)
     counts = Counter(records=0, converted=0, rejected=0, duplicates=0)
     files: dict[str, int] = {}

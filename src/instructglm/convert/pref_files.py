@@ -4,7 +4,9 @@ Same behaviour as SFT conversion (:mod:`instructglm.convert.convert`): the layou
 (or forced with ``--format``), every bad record is ``FILE:LINE: reason`` (``--on-error skip`` writes
 them to ``OUT.rejects.jsonl``), ``--dedup`` drops repeats, unused scalar keys stay as metadata, and
 the output is written atomically. ``convert_files`` hands over here when the inputs are preference
-data (:func:`preference_inputs`); one output never mixes preference and SFT records.
+data (:func:`preference_inputs`) or ``--map`` names preference answers (``chosen``/``rejected``,
+``completion``/``label``: :mod:`instructglm.convert.columns`); one output never mixes preference and
+SFT records.
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ def open_preferences(path: Path, fmt_name: str = "auto") -> tuple[PreferenceForm
     if fmt is not None:
         log.info("%s: %s preference format '%s'", path, "given" if forced else "detected", fmt.name)
     return fmt, chain(buffered, rest)
+
+
+def open_mapped(path: Path, cfg: ConvertConfig) -> tuple[PreferenceFormat | None, Iterator]:
+    """``open_preferences`` for ``convert``: the layout ``--map`` makes when it names preference answers."""
+    columns = cfg.columns()
+    if columns is None or not columns.preference:
+        return open_preferences(path, cfg.format)
+    log.info("%s: read as preference data with %s", path, columns.describe())
+    return columns.as_format(), scan_records(path)
 
 
 def preference_inputs(paths: list[Path], fmt_name: str = "auto") -> bool:
@@ -134,7 +145,7 @@ def convert_preference_files(cfg: ConvertConfig, paths: list[Path], rej_path: Pa
             rej.write(r.to_json() + "\n")
 
         for path in paths:
-            fmt, items = open_preferences(path, cfg.format)
+            fmt, items = open_mapped(path, cfg)
             if fmt is None:
                 raise UserError(f"{where(path)}: not preference data")
             formats[str(path)] = fmt.name

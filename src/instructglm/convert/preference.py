@@ -169,14 +169,14 @@ class PreferenceFormat(DatasetFormat):
     read_preference: Callable[[dict], Preference] | None = None
 
 
-def _refuse_sft(rec: dict, reply: bool) -> list[Message]:
+def refuse_sft(rec: dict, reply: bool) -> list[Message]:
     raise RecordError("a preference record (chosen/rejected or a KTO label); train it with --stage dpo|orpo|"
                       "simpo|kto after converting it as preference data")
 
 
 def _fmt(name: str, read: Callable[[dict], Preference], detect: Callable[[dict], bool],
          fields: tuple[str, ...]) -> PreferenceFormat:
-    return PreferenceFormat(name, _refuse_sft, detect, fields, read_preference=read)
+    return PreferenceFormat(name, refuse_sft, detect, fields, read_preference=read)
 
 
 _PAIR = ("chosen", "rejected")

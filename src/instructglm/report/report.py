@@ -2,8 +2,11 @@
 
 It shows the run summary, the training loss curve (drawn as SVG from ``trainer_log.jsonl``), the
 resolved training config, the metrics of every prediction column (base, tuned or one per adapter,
-:func:`instructglm.eval.evaluate.evaluate_rows`) and the held-out answers side by side. Every piece of text from files (model answers above all)
-is HTML-escaped.
+:func:`instructglm.eval.evaluate.evaluate_rows`) and the held-out answers side by side. For a preference
+run (``train --stage dpo|orpo|simpo|kto``) it adds the rewards chart and, when ``eval`` on held-out pairs
+was saved (``preference_eval.json``), preference accuracy and margin base vs tuned
+(:mod:`instructglm.report.preference`). Every piece of text from files (model answers above all) is
+HTML-escaped.
 
 Two layouts are understood::
 
@@ -27,7 +30,7 @@ from instructglm.errors import UserError
 from instructglm.eval.evaluate import METRICS, cell, evaluate_rows, prediction_columns, read_predictions, table_columns
 from instructglm.eval.metrics import exact_match, normalized_exact_match
 from instructglm.files import atomic_file, read_json, read_jsonl
-from instructglm.report.preference import rewards_svg
+from instructglm.report.preference import find_preference_eval, preference_card, preference_section, rewards_svg
 from instructglm.runinfo import RunInfo
 
 TRAIN_FILES = (TRAINER_LOG, TRAIN_CONFIG, RUN_INFO)  # any of them marks a training output directory
@@ -42,6 +45,9 @@ class ReportConfig:
     output: str | None = opt(None, help="HTML file to write; default: RUN_DIR/report.html", aliases=("-o",))
     title: str | None = opt(None, help="page title; default: 'InstructGLM report: <run dir name>'")
     max_examples: int = opt(500, help="answers shown side by side (the first N rows; 0 = all)", min=0)
+    preference_eval: str | None = opt(None, help="preference accuracy and margin, base vs tuned: the JSON of "
+                                      "'eval PAIRS --adapter DIR -o FILE'; default: preference_eval.json in the run "
+                                      "or training dir, when there is one")
 
 
 def esc(value) -> str:
@@ -244,7 +250,8 @@ def answers_table(rows: list[dict], limit: int) -> str:
 # page
 
 
-def summary_cards(info: RunInfo | None, log: list[dict], metrics: dict | None, extra: dict) -> str:
+def summary_cards(info: RunInfo | None, log: list[dict], metrics: dict | None, extra: dict,
+                  preference: dict | None = None) -> str:
     """The run at a glance: model, method, steps, loss, held-out size and exact match."""
     cards = []
     for label, key in (("base model", "base_model"), ("method", "method"), ("template", "template"),
@@ -264,6 +271,8 @@ def summary_cards(info: RunInfo | None, log: list[dict], metrics: dict | None, e
         if "base" in scores:
             em = f"{scores['base']['exact_match']:.1f}% &rarr; {em}"
         cards.append(("exact match", em))
+    if (card := preference_card(preference)) is not None:
+        cards.append(card)
     if extra.get("wall_s") is not None:
         cards.append(("wall time", f"{float(extra['wall_s']):.0f} s"))
     return '<div class="cards">' + "".join(
@@ -359,7 +368,7 @@ def metrics_section(metrics: dict | None) -> str:
 
 
 def render(title: str, run: Path, train_dir: Path | None, predictions: Path | None, rows: list[dict],
-           metrics: dict | None, max_examples: int) -> str:
+           metrics: dict | None, max_examples: int, preference: dict | None = None) -> str:
     """The whole HTML page as a string."""
     log = read_log(train_dir)
     info = RunInfo.load(train_dir) if train_dir else None
@@ -370,10 +379,12 @@ def render(title: str, run: Path, train_dir: Path | None, predictions: Path | No
     if predictions:
         sources.append(f"predictions <code>{esc(predictions)}</code>")
     parts = [f"<header><h1>{esc(title)}</h1><div class=muted>{' &middot; '.join(sources)} &middot; "
-             f"generated {generated}</div>{summary_cards(info, log, metrics, extra)}</header>"]
+             f"generated {generated}</div>{summary_cards(info, log, metrics, extra, preference)}</header>"]
     parts.append(f'<section id="loss"><h2>Training loss</h2>{loss_section(train_dir, log)}</section>')
     parts.append(config_section(config, info))
-    parts.append(metrics_section(metrics))
+    parts.append(preference_section(preference, extra.get("behaviour")))
+    if metrics or not preference:  # a preference run without generated answers has no text metrics to show
+        parts.append(metrics_section(metrics))
     if rows:
         legend = ('<div class="legend" style="margin-left:0"><span class="key ok"></span>exact match'
                   '<span class="key near"></span>matches after normalisation<span class="key bad"></span>wrong</div>')
@@ -391,8 +402,9 @@ def write_report(cfg: ReportConfig) -> Path:
     run, train_dir, predictions = locate(cfg)
     rows = read_predictions(predictions) if predictions else []
     metrics = evaluate_rows(rows) if any(r.get("reference") is not None for r in rows) else None
+    preference = find_preference_eval(cfg.preference_eval, run, train_dir)
     title = cfg.title or f"InstructGLM report: {run.resolve().name}"
     out = Path(cfg.output) if cfg.output else run / "report.html"
     with atomic_file(out) as f:
-        f.write(render(title, run, train_dir, predictions, rows, metrics, cfg.max_examples))
+        f.write(render(title, run, train_dir, predictions, rows, metrics, cfg.max_examples, preference))
     return out
