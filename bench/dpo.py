@@ -2,16 +2,20 @@
 
 One run of this script trains both, side by side, on the same model and pairs in the same order with the
 same hyper-parameters (LoRA r=8, alpha 16, no dropout, all linear layers; beta 0.1, sigmoid loss; lr 5e-5
-cosine; fp32 on CPU). Each engine runs as a fresh child process, so its peak RSS and its whole-command
-time (start-up, imports, loading, every step) are its own. Reported per engine: pairs/s and non-padding
-tokens/s over the steps after the first (which pays one-off costs) and over the whole command, peak
-RSS (GPU: peak GPU memory), and the first losses (step 1 is ln 2 for both: policy = reference).
+cosine). Engines: TRL as users run it on a CPU (fp32), ``ours`` as users run it (``--precision auto``:
+bf16 compute on a CPU with native bf16 matrix instructions, fp32 trainable weights) and ``ours-fp32``
+(``--precision fp32``, TRL's arithmetic: its losses must agree with TRL's to a few decimals). Each engine
+runs as a fresh child process, so its peak RSS and its whole-command time (start-up, imports, loading,
+every step) are its own. Reported per engine: pairs/s and non-padding tokens/s over the steps after the
+first (which pays one-off costs) and over the whole command, peak RSS (GPU: peak GPU memory), and the
+first losses (step 1 is ln 2 for all: policy = reference).
 
 TRL gets the prompt already rendered with our ``alpaca`` template, so both see the same text; it
 tokenizes it itself, so token counts may differ by a BOS or EOS (the non-padding tokens/s of both is
 counted on our rows). Needs ``pip install trl`` (a benchmark dependency only).
 
     python bench/dpo.py                                  # Gemma 3 270M, 6 steps of 4 pairs
+    python bench/dpo.py --steps 4 --engines trl,ours     # shorter; without the fp32 run of ours
     python bench/dpo.py --model smollm2-135m --steps 10 --batch-size 8
 
 The pairs are generated here from our own word list: a prompt, a short chosen answer and a longer
@@ -38,6 +42,7 @@ WORDS = ("the model data answer question write list explain short long simple ex
          "water light house music table story reason number small large first second time world language learn "
          "train value change method paper system network memory speed quality report market energy health").split()
 HYPER = dict(rank=8, alpha=16, beta=0.1, lr=5e-5)
+ENGINES = ("trl", "ours", "ours-fp32")
 
 
 def make_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -130,7 +135,7 @@ def run_ours(args) -> dict:
                 "--beta", str(HYPER["beta"]), "--lora-rank", str(HYPER["rank"]), "--lora-alpha", str(HYPER["alpha"]),
                 "--lora-dropout", "0", "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
                 "--learning-rate", str(HYPER["lr"]), "--logging-steps", "1", "--shuffle", "false", "--seed", "0",
-                "--precision", "fp32"])
+                "--precision", "fp32" if args.engine == "ours-fp32" else "auto"])
     if code:
         raise SystemExit(f"instructglm train exited with {code}")
     logs = [json.loads(x) for x in (Path(out) / "trainer_log.jsonl").read_text().splitlines()]
@@ -152,6 +157,7 @@ def child(args) -> None:
 def run_engine(engine: str, args, pairs: Path, data: Path, tokens: list[int]) -> dict:
     cmd = [sys.executable, __file__, "--engine", engine, "--pairs", str(pairs), "--data", str(data), "--model",
            args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     wall = time.perf_counter() - started
@@ -161,11 +167,27 @@ def run_engine(engine: str, args, pairs: Path, data: Path, tokens: list[int]) ->
     r = json.loads(line[0][7:])
     timed = slice(1, None)
     seconds = sum(r["step_times"][timed])
-    out = {"command_s": round(wall, 1), "command_pairs_per_s": round(args.batch_size * args.steps / wall, 3),
+    out = {"load_average_before": round(load, 2), "command_s": round(wall, 1),
+           "command_pairs_per_s": round(args.batch_size * args.steps / wall, 3),
            "step_pairs_per_s": round(args.batch_size * (args.steps - 1) / seconds, 3),
            "step_tokens_per_s": round(sum(tokens[timed]) / seconds, 1),
            "first_losses": [round(x, 4) for x in r["losses"][:5]]}
     out["peak_gpu_mb" if "peak_gpu_mb" in r else "peak_rss_mb"] = round(r.get("peak_gpu_mb", r["peak_rss_mb"]))
+    return out
+
+
+def ratios(engines: dict, memory: str) -> dict:
+    """Each of our engines against TRL: throughput (higher is better), peak memory (lower is better), and
+    the largest gap between the first losses."""
+    trl = engines["trl"]
+    out = {}
+    for name, e in engines.items():
+        if name != "trl":
+            out[f"{name} vs trl"] = {
+                "step_throughput": round(e["step_pairs_per_s"] / trl["step_pairs_per_s"], 2),
+                "command_throughput": round(e["command_pairs_per_s"] / trl["command_pairs_per_s"], 2),
+                "peak_memory": round(e[memory] / trl[memory], 2),
+                "max_first_loss_gap": round(max(abs(a - b) for a, b in zip(e["first_losses"], trl["first_losses"])), 4)}
     return out
 
 
@@ -174,7 +196,8 @@ def main() -> None:
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--engine", choices=("trl", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, of: %(default)s")
+    p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--pairs", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out", help="result file (default: bench/results/dpo-cpu.json or dpo-gpu.json)")
@@ -182,7 +205,7 @@ def main() -> None:
     if args.engine:
         return child(args)
     import torch
-    import trl
+    import trl  # noqa: F401 (missing: fail now, before anything is prepared)
 
     from instructglm.models.loading import resolve_model
 
@@ -192,22 +215,28 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     pairs, data = prepare(args.model, work, args.batch_size * args.steps)
     tokens = step_stats(data, args.batch_size, args.steps)
-    engines = {}
-    for engine in ("trl", "ours"):
+    engines, load = {}, os.getloadavg()[0]
+    chosen = args.engines.split(",")
+    if "trl" not in chosen or not set(chosen) <= set(ENGINES):
+        p.error(f"--engines: trl and any of {', '.join(ENGINES[1:])}")
+    for engine in chosen:  # the file is rewritten after each engine: a run cut short keeps what it measured
         engines[engine] = run_engine(engine, args, pairs, data, tokens)
         print(f"{engine}: {json.dumps(engines[engine])}", file=sys.stderr, flush=True)
+        write_summary(args, engines, load)
+
+
+def write_summary(args, engines: dict, load: float) -> None:
+    import torch
+    import trl
+
+    gpu = torch.cuda.is_available()
     memory = "peak_gpu_mb" if gpu else "peak_rss_mb"
     summary = {"device": torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores, {platform.machine()})",
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "load_average_at_start": os.getloadavg()[0], "model": args.model, "steps": args.steps,
-               "batch_size": args.batch_size, "hyper_parameters": HYPER,
+               "load_average_at_start": load, "load_average_at_end": os.getloadavg()[0], "model": args.model,
+               "steps": args.steps, "batch_size": args.batch_size, "hyper_parameters": HYPER,
                "versions": {"torch": torch.__version__, "trl": trl.__version__},
-               "engines": engines,
-               "ratios": {"step_throughput": round(engines["ours"]["step_pairs_per_s"]
-                                                   / engines["trl"]["step_pairs_per_s"], 2),
-                          "command_throughput": round(engines["ours"]["command_pairs_per_s"]
-                                                      / engines["trl"]["command_pairs_per_s"], 2),
-                          "peak_memory": round(engines["ours"][memory] / engines["trl"][memory], 2)}}
+               "engines": engines, "ratios": ratios(engines, memory)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

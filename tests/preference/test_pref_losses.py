@@ -51,13 +51,30 @@ def test_dpo_sigmoid(beta, smoothing):
     close(rejected, rewards_r)
 
 
-def test_ipo_and_hinge():
+def test_hinge():
     beta = 0.25
     h = [(c - rc) - (r - rr) for c, r, rc, rr in zip(CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED)]
-    close(dpo_loss(t(CHOSEN), t(REJECTED), t(REF_CHOSEN), t(REF_REJECTED), beta, kind="ipo")[0],
-          [(x - 1 / (2 * beta)) ** 2 for x in h])
     close(dpo_loss(t(CHOSEN), t(REJECTED), t(REF_CHOSEN), t(REF_REJECTED), beta, kind="hinge")[0],
           [max(0.0, 1 - beta * x) for x in h])
+
+
+def test_ipo_uses_length_averaged_logps():
+    beta = 0.25
+    expected, rewards_c = [], []
+    for c, r, rc, rr, lc, lr in zip(CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED, LEN_CHOSEN, LEN_REJECTED):
+        h = (c / lc - rc / lc) - (r / lr - rr / lr)  # each answer's log-ratio per token
+        expected.append((h - 1 / (2 * beta)) ** 2)
+        rewards_c.append(beta * (c - rc) / lc)
+    lc, lr = t(LEN_CHOSEN), t(LEN_REJECTED)
+    lp = {"chosen": t(CHOSEN), "rejected": t(REJECTED), "ref_chosen": t(REF_CHOSEN), "ref_rejected": t(REF_REJECTED),
+          "chosen_mean": t(CHOSEN) / lc, "rejected_mean": t(REJECTED) / lr,
+          "ref_chosen_mean": t(REF_CHOSEN) / lc, "ref_rejected_mean": t(REF_REJECTED) / lr}
+    losses, chosen, _ = stage_losses("dpo", PreferenceOptions(beta=beta, dpo_loss="ipo"), lp)
+    close(losses, expected)
+    close(chosen, rewards_c)
+    summed = [((c - rc) - (r - rr) - 1 / (2 * beta)) ** 2 for c, r, rc, rr in zip(CHOSEN, REJECTED, REF_CHOSEN,
+                                                                                   REF_REJECTED)]
+    assert max(abs(a - b) for a, b in zip(losses.tolist(), summed)) > 1  # not the summed-log-prob form
 
 
 def test_dpo_is_ln2_with_zero_rewards_when_policy_is_reference():

@@ -18,18 +18,42 @@ from instructglm.constants import IGNORE_INDEX
 from instructglm.train.loss import causal_lm, head_chunk_rows
 
 
-def _chunk(h, weight, bias, t, softcap, scale):
-    """``(log-probs of the targets, d logp / d (pre-cap logits))`` of one chunk of rows."""
-    logits = F.linear(h, weight, bias).float()
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per head chunk: half the SFT head's (about 2^25 logits, 128 MB in fp32). The head runs last,
+    when the whole forward's activations are live, so its chunk adds straight onto the step's peak;
+    on Gemma 3 LoRA DPO halving it took 0.3-0.36 GB off each step's peak (4 steps measured)."""
+    return max(32, head_chunk_rows(vocab_size) // 2)
+
+
+def _buffers(rows: int, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two fp32 ``[rows, vocab]`` buffers (logits, log-probs) every chunk of a call reuses: fresh ones
+    per chunk would be paged in anew each time, and every out-of-place step would add another."""
+    logits = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=weight.device)
+    return logits, torch.empty_like(logits)
+
+
+def _chunk(h, weight, bias, t, softcap, scale, buffers, grad: bool = True):
+    """``(log-probs of the targets, d logp / d (pre-cap logits) or None without grad)`` of one chunk of
+    rows, worked in place in ``buffers`` (the gradient is a view of the second, valid until the next chunk)."""
+    logits, logp = (b[:len(t)] for b in buffers)
+    direct = (h.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+              and not torch.is_autocast_enabled(h.device.type))
+    if direct:
+        torch.addmm(bias, h, weight.t(), out=logits) if bias is not None else torch.mm(h, weight.t(), out=logits)
+    else:  # low precision or autocast: the matmul in its own dtype, the softmax in fp32
+        logits.copy_(F.linear(h, weight, bias))
     if scale is not None:
-        logits = logits * scale
-    capped = logits if softcap is None else torch.tanh(logits / softcap) * softcap
-    logp = torch.log_softmax(capped, dim=-1)
+        logits.mul_(scale)
+    if softcap is not None:
+        logits.div_(softcap).tanh_().mul_(softcap)
+    torch.log_softmax(logits, dim=-1, out=logp)
     target_logp = logp.gather(1, t[:, None])[:, 0]
+    if not grad:  # the reference pass, eval: the log-probs are all that is wanted
+        return target_logp, None
     g = logp.exp_().neg_()  # d logp_t / d capped = onehot - softmax
     g[torch.arange(len(t), device=g.device), t] += 1
-    if softcap is not None:
-        g.mul_(1 - torch.tanh(logits / softcap) ** 2)
+    if softcap is not None:  # d (c tanh(x / c)) / dx = 1 - tanh^2, from the capped logits
+        g.mul_(logits.div_(softcap).square_().neg_().add_(1))
     if scale is not None:
         g.mul_(scale)
     return target_logp, g
@@ -43,9 +67,10 @@ class TokenLogProbs(torch.autograd.Function):
         need_h = ctx.needs_input_grad[0]
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
+        buffers = _buffers(min(chunk_size, hidden.shape[0]), weight)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            out[rows], g = _chunk(hidden[rows], weight, bias, targets[rows], softcap, scale)
+            out[rows], g = _chunk(hidden[rows], weight, bias, targets[rows], softcap, scale, buffers, need_h)
             if need_h:
                 grad_h[rows] = g.to(weight.dtype) @ weight
         ctx.args = (softcap, scale, chunk_size)
@@ -62,10 +87,11 @@ class TokenLogProbs(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         if need_w or need_b:  # the chunk's logits again: the weight gradient needs the per-token scales
+            buffers = _buffers(min(chunk_size, hidden.shape[0]), weight)
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 h = hidden[rows]
-                _, g = _chunk(h, weight, bias, targets[rows], softcap, scale)
+                _, g = _chunk(h, weight, bias, targets[rows], softcap, scale, buffers)
                 g.mul_(grad_out[rows, None].float())
                 if need_w:
                     grad_w += g.t() @ h.float()
@@ -106,7 +132,7 @@ def sequence_logps(model, batch: dict, sequences: int, method=None) -> tuple[tor
         cfg = lm.config
         token_logp = TokenLogProbs.apply(hidden[:, :-1][keep], head.weight, head.bias, targets,
                                          getattr(cfg, "final_logit_softcapping", None),
-                                         getattr(cfg, "logit_scale", None), head_chunk_rows(head.weight.shape[0]))
+                                         getattr(cfg, "logit_scale", None), chunk_rows(head.weight.shape[0]))
     sums = torch.zeros(sequences, dtype=torch.float32, device=token_logp.device).index_add(0, seq_of, token_logp)
     counts = torch.bincount(seq_of, minlength=sequences)
     return sums, counts

@@ -5,12 +5,15 @@ one value per pair (KTO: per completion, rewards of the other kind are NaN). Inp
 
 * ``chosen``/``rejected``: summed log-probabilities of each answer under the policy;
 * ``ref_chosen``/``ref_rejected``: the same under the reference model (DPO, KTO);
-* ``chosen_mean``/``rejected_mean``: token-mean log-probabilities (ORPO, SimPO: length-normalised).
+* ``chosen_mean``/``rejected_mean`` (and ``ref_chosen_mean``/``ref_rejected_mean``): token-mean
+  log-probabilities (ORPO, SimPO and IPO are length-normalised).
 
 Formulas (``h`` is the DPO log-ratio difference ``(chosen - ref_chosen) - (rejected - ref_rejected)``):
 
-* DPO sigmoid: ``-(1 - e) log s(beta h) - e log s(-beta h)`` (``e``: label smoothing); IPO:
-  ``(h - 1 / (2 beta))^2``; hinge: ``max(0, 1 - beta h)``; rewards ``beta (logp - ref)``.
+* DPO sigmoid: ``-(1 - e) log s(beta h) - e log s(-beta h)`` (``e``: label smoothing); hinge:
+  ``max(0, 1 - beta h)``; rewards ``beta (logp - ref)``. IPO: ``(h - 1 / (2 beta))^2`` with ``h`` and
+  the rewards from token-mean log-probs (the IPO formulation: the target gap is per token, so the
+  answers' lengths do not scale it).
 * ORPO: ``-chosen_mean - beta log s(log odds(chosen) - log odds(rejected))`` with
   ``log odds(p) = m - log(1 - exp(m))`` for the token-mean log-prob ``m``; rewards ``beta m``.
 * SimPO: ``-(1 - e) log s(z) - e log s(-z)``, ``z = beta (chosen_mean - rejected_mean) - gamma``; rewards ``beta m``.
@@ -76,8 +79,9 @@ def stage_losses(stage: str, opts, lp: dict):
     """``(losses, chosen_rewards, rejected_rewards)`` of a stage from the log-probs in ``lp``
     (:func:`instructglm.train.preference.forward.preference_logps`), with the optional SFT term."""
     if stage == "dpo":
-        out = dpo_loss(lp["chosen"], lp["rejected"], lp["ref_chosen"], lp["ref_rejected"], opts.beta,
-                       opts.label_smoothing, opts.dpo_loss)
+        side = "_mean" if opts.dpo_loss == "ipo" else ""  # IPO regresses a per-token gap (see above)
+        out = dpo_loss(lp["chosen" + side], lp["rejected" + side], lp["ref_chosen" + side],
+                       lp["ref_rejected" + side], opts.beta, opts.label_smoothing, opts.dpo_loss)
     elif stage == "orpo":
         return orpo_loss(lp["chosen_mean"], lp["rejected_mean"], opts.beta)
     elif stage == "simpo":

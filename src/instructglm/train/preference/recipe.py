@@ -12,6 +12,7 @@ TensorBoard).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -57,6 +58,27 @@ class MetricWindow:
         return out
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library: nothing to do)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the pages glibc keeps after a step's tensors are freed back to the system. A step frees
+    thousands of activation-sized blocks, which glibc keeps resident; the next step's different
+    lengths cannot reuse them all, so without this the resident set creeps up step after step and the
+    peak stacks on top (Gemma 3 LoRA DPO: about 0.45 GB of the peak by step 3). Takes milliseconds."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def check_rows(manifest: dict, data, dataset: str, stage: str) -> None:
     """Refuse SFT rows for a preference stage, and KTO completions for a pair stage."""
     from instructglm.tokenize.pairs import is_preference_dataset
@@ -91,6 +113,13 @@ class PreferenceRecipe(SFTRecipe):
         LoRA/P-Tuning, else a frozen copy of the weights before training (or precomputed log-probs)."""
         from instructglm.train.preference.forward import ADAPTER
 
+        if (self.backend.zero3 and self.cfg.method in ("freeze", "full") and self.stage not in REFERENCE_FREE
+                and not self.options.precompute_ref):
+            # ZeRO-3 partitions the weights as they load: a copy of them is a copy of this process's
+            # shard, which no engine gathers for its forward. Refused before the model loads.
+            raise UserError(f"--stage {self.stage} --method {self.cfg.method} under DeepSpeed ZeRO-3: the frozen "
+                            "reference cannot be a copy of partitioned weights; add --precompute-ref (reference "
+                            "log-probs computed once before training) or use ZeRO-2 or FSDP")
         super()._setup_model()
         if self.cfg.dry_run:
             return
@@ -156,6 +185,7 @@ class PreferenceRecipe(SFTRecipe):
                 self.metrics.add(out)
         except torch.OutOfMemoryError as e:
             raise UserError(out_of_memory_message(self.cfg, step, e)) from None
+        release_free_memory()
         step_loss = self._global_sum(step_loss)
         if not math.isfinite(step_loss) and self.cfg.checkpoints.stop_on_nan:
             raise UserError(f"step {step}: the loss is {step_loss} (not finite); lower the learning rate or beta, "
