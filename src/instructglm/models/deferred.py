@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
+
+from instructglm.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,7 @@ def record_facts(path: Path, tokenizer, fingerprint: Callable[[Any], str]) -> No
         facts = {"fingerprint": fingerprint(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                  "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                  "size": len(tokenizer)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(facts), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, facts)
     except Exception as e:  # noqa: BLE001 - a cache that cannot be written only costs time
         log.debug("tokenizer facts not recorded in %s: %s", path, e)
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from instructglm.constants import COMPLETE
 from instructglm.errors import UserError
-from instructglm.files import atomic_dir
+from instructglm.files import atomic_dir, write_json
 from instructglm.models.deferred import DeferredTokenizer
 from instructglm.models.embedded import DEFAULT_MODEL, EMBEDDED
 
@@ -225,10 +225,7 @@ def _remember_plain_tokenizer(path: str, tok) -> None:
     settings.update({k: getattr(tok, k) for k in _PLAIN_SETTINGS if getattr(tok, k, None) is not None})
     try:
         if _same_tokenizer(_build_plain(path, settings), tok):
-            key.parent.mkdir(parents=True, exist_ok=True)
-            tmp = key.with_name(f".{key.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(settings), encoding="utf-8")
-            os.replace(tmp, key)
+            write_json(key, settings)
     except Exception as e:  # noqa: BLE001 - a cache that cannot be written only costs time
         log.debug("quick tokenizer path not recorded for %s: %s", path, e)
 

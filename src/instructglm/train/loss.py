@@ -12,6 +12,8 @@ every supported family).
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -140,28 +142,33 @@ def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, att
     return total, n
 
 
-def batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
-    """(sum of token losses, trained tokens) of a micro-batch, through the method's forward path:
-    the model's own forward when the method needs it (P-Tuning), else :func:`causal_lm_loss_sum`
-    with the packed rows' block-diagonal mask. A base loaded by ``precision auto`` in bf16 on a CPU
-    (``train/model.py``) computes under bf16 autocast, its fp32 trainable weights cast per op."""
-    from contextlib import nullcontext
-
+@contextmanager
+def compute_context(model):
+    """What a loss computes under: the bf16 autocast of a base that ``precision auto`` loaded in bf16
+    on a CPU (``train/model.py``; its fp32 trainable weights are cast per op), unless an autocast
+    (accelerate's, for precision bf16/fp16) is already on; and under any autocast PEFT's cast of each
+    LoRA layer's input to the adapter's fp32 switched off. Autocast undoes that cast at once (bf16 ->
+    fp32 -> bf16 is exact): two copies of every adapted activation, forward and backward, for nothing
+    (``copy_`` came second only to ``mm`` in a profiled bf16 CPU step, bench/results/profile-*.json).
+    The preference losses use the same context, so SFT and DPO steps compute alike."""
     from peft.helpers import disable_input_dtype_casting
 
     lm = causal_lm(model)
     dtype = getattr(lm, AUTOCAST_ATTR, None)
     device = next(lm.parameters()).device.type
-    if torch.is_autocast_enabled(device):
-        dtype = None  # accelerate's autocast (precision bf16/fp16) is already on
-    elif dtype is None:
-        return _batch_loss_sum(model, method, batch)
-    # Under autocast PEFT's cast of each LoRA layer's input to the adapter's fp32 is undone by autocast
-    # at once (bf16 -> fp32 -> bf16 is exact): two copies of every adapted activation, forward and
-    # backward, for nothing (``copy_`` came second only to ``mm`` in a profiled bf16 CPU step,
-    # bench/results/profile-*.json).
-    autocast = nullcontext() if dtype is None else torch.autocast(device, dtype=dtype)
-    with autocast, disable_input_dtype_casting(model):
+    with ExitStack() as stack:
+        if dtype is not None and not torch.is_autocast_enabled(device):
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        if torch.is_autocast_enabled(device):
+            stack.enter_context(disable_input_dtype_casting(model))
+        yield
+
+
+def batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, trained tokens) of a micro-batch, through the method's forward path:
+    the model's own forward when the method needs it (P-Tuning), else :func:`causal_lm_loss_sum`
+    with the packed rows' block-diagonal mask, under :func:`compute_context`."""
+    with compute_context(model):
         return _batch_loss_sum(model, method, batch)
 
 

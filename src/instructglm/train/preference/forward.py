@@ -8,37 +8,15 @@ no reference at all when its log-probs were precomputed (``ref_logps`` in the ba
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-
 import torch
 
-from instructglm.train.loss import LossForward, causal_lm
-from instructglm.train.model import AUTOCAST_ATTR
+from instructglm.train.loss import LossForward, compute_context
 from instructglm.train.preference.collate import sequence_count
 from instructglm.train.preference.logprobs import sequence_logps
 from instructglm.train.preference.losses import stage_losses
 from instructglm.train.preference.options import REFERENCE_FREE
 
 ADAPTER = "adapter"  # the reference is the model with its adapters disabled
-
-
-@contextmanager
-def autocast_of(model):
-    """What SFT's loss computes under (``loss.batch_loss_sum``): the bf16 autocast of a base loaded by
-    ``precision auto`` on a CPU, and under any autocast PEFT's cast of each adapted layer's input to
-    the adapter's fp32 switched off (autocast casts it straight back: two copies of every adapted
-    activation for nothing: ``copy_`` went from 4.0 s, 23% of a profiled Gemma 3 DPO forward, to 1.6 s)."""
-    from peft.helpers import disable_input_dtype_casting
-
-    lm = causal_lm(model)
-    dtype = getattr(lm, AUTOCAST_ATTR, None)
-    device = lm.device.type
-    with ExitStack() as stack:
-        if dtype is not None and not torch.is_autocast_enabled(device):
-            stack.enter_context(torch.autocast(device, dtype=dtype))
-        if torch.is_autocast_enabled(device):
-            stack.enter_context(disable_input_dtype_casting(model))
-        yield
 
 
 def reference_logps(model, method, reference, batch: dict) -> torch.Tensor:
@@ -61,7 +39,7 @@ class PreferenceForward(LossForward):
         self.__dict__["reference"] = reference  # not a submodule: no gradients, no checkpoint, no sharding
 
     def forward(self, **batch):
-        with autocast_of(self.model):
+        with compute_context(self.model):
             return self._forward(batch)
 
     def _forward(self, batch: dict) -> dict:

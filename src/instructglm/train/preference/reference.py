@@ -32,7 +32,8 @@ def compute_reference(recipe, reference, data):
     import torch
 
     from instructglm.train.preference.collate import collate_sequences
-    from instructglm.train.preference.forward import ADAPTER, autocast_of, reference_logps
+    from instructglm.train.loss import compute_context
+    from instructglm.train.preference.forward import ADAPTER, reference_logps
 
     model = recipe.model
     device = recipe.accelerator.device
@@ -41,7 +42,7 @@ def compute_reference(recipe, reference, data):
     model.eval()
     out = torch.full((len(data), 2), float("nan"))
     size = recipe.cfg.schedule.per_device_train_batch_size
-    with torch.no_grad(), autocast_of(model):
+    with torch.no_grad(), compute_context(model):
         for start in range(0, len(data), size):
             batch = collate_sequences(data[start:start + size], recipe.pad_id, recipe.pack_length, kto=True)
             batch = {k: v.to(device) for k, v in batch.items()}
