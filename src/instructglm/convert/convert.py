@@ -10,11 +10,7 @@ its reason to ``OUT.rejects.jsonl`` and the run goes on. The formats and their d
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import logging
-from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,14 +19,13 @@ from instructglm.config import opt
 from instructglm.convert.columns import ColumnMap
 from instructglm.convert.formats import DATASET_FORMATS, resolve_format
 from instructglm.convert.pref_files import convert_preference_files, preference_inputs
-from instructglm.convert.reading import Rejected, column_map, convert_items, open_dataset
+from instructglm.convert.reading import column_map, convert_items, open_dataset
+from instructglm.convert.writing import write_converted
 from instructglm.errors import UserError
-from instructglm.files import atomic_file, dumps
 from instructglm.paths import output_file, refuse_inputs
 
 log = logging.getLogger(__name__)
 
-MAX_LOGGED_REJECTS = 10
 
 
 @dataclass
@@ -98,11 +93,6 @@ def rejects_path(output: str | Path) -> Path:
     return out.with_name(out.name + ".rejects.jsonl")
 
 
-def _messages_key(record: dict) -> bytes:
-    text = json.dumps(record["messages"], ensure_ascii=False, sort_keys=True)
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
 def convert_files(cfg: ConvertConfig) -> dict:
     """Convert every input file to one canonical JSONL file (written atomically).
 
@@ -119,36 +109,9 @@ def convert_files(cfg: ConvertConfig) -> dict:
     # chosen/rejected or KTO data (detected, or named by --map): pref_files.py
     if (columns.preference if columns is not None else preference_inputs(paths, cfg.format)):
         return convert_preference_files(cfg, paths, rej_path)
-    counts = Counter(records=0, converted=0, rejected=0, duplicates=0)
-    files: dict[str, int] = {}
-    formats: dict[str, str] = {}
-    seen: set[bytes] = set()
-    with atomic_file(cfg.output) as out, (atomic_file(rej_path) if rej_path else nullcontext()) as rej:
 
-        def on_reject(r: Rejected) -> None:
-            counts["rejected"] += 1
-            if counts["rejected"] <= MAX_LOGGED_REJECTS:
-                log.warning("rejected %s", r.message())
-            rej.write(r.to_json() + "\n")
+    def records_of(path: Path, on_reject):
+        fmt, items = open_dataset(path, cfg.format, columns=columns)
+        return fmt.name, (conv.to_json() for conv in convert_items(path, fmt, items, on_reject))
 
-        for path in paths:
-            fmt, items = open_dataset(path, cfg.format, columns=columns)
-            formats[str(path)] = fmt.name
-            converted = 0
-            for conv in convert_items(path, fmt, items, on_reject if rej else None):
-                converted += 1
-                record = conv.to_json()
-                if cfg.dedup:
-                    key = _messages_key(record)
-                    if key in seen:
-                        counts["duplicates"] += 1
-                        continue
-                    seen.add(key)
-                out.write(dumps(record) + "\n")
-                counts["records"] += 1
-            files[str(path)] = converted
-            counts["converted"] += converted
-    if counts["rejected"] > MAX_LOGGED_REJECTS:
-        log.warning("%d more rejected records; all are in %s", counts["rejected"] - MAX_LOGGED_REJECTS, rej_path)
-    return {**counts, "files": files, "formats": formats, "output": cfg.output,
-            "rejects": str(rej_path) if rej_path else None}
+    return write_converted(cfg.output, paths, rej_path, records_of, ("messages",) if cfg.dedup else None)

@@ -11,20 +11,15 @@ SFT records.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections import Counter
-from contextlib import nullcontext
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from instructglm.convert.preference import PREFERENCE_ALIASES, PREFERENCE_FORMATS, PreferenceFormat, detect_preference
-from instructglm.convert.reading import DETECT_SAMPLES, Rejected, _check_unicode, _metadata
+from instructglm.convert.reading import DETECT_SAMPLES, _check_unicode, _metadata, convert_each
 from instructglm.convert.sources import BadInput, scan_records
 from instructglm.errors import UserError, where
-from instructglm.files import atomic_file, dumps
 from instructglm.record import Preference, RecordError
 
 if TYPE_CHECKING:
@@ -92,21 +87,8 @@ def convert_preference(rec: Any, fmt: PreferenceFormat, source: str, index: int,
 
 def iter_preferences(path: Path, fmt: PreferenceFormat, items, on_reject) -> Iterator[Preference]:
     """A preference for every good item; each bad one goes to ``on_reject`` or raises ``FILE:LINE``."""
-    dropped: set[str] = set()
-    for index, (line, item) in enumerate(items):
-        try:
-            if isinstance(item, BadInput):
-                rejected = Rejected(str(path), line, item.reason, item.raw)
-            else:
-                yield convert_preference(item, fmt, path.name, index, dropped)
-                continue
-        except RecordError as e:
-            rejected = Rejected(str(path), line, str(e), item)
-        if on_reject is None:
-            raise UserError(rejected.message())
-        on_reject(rejected)
-    if dropped:
-        log.info("%s: dropped non-scalar metadata keys: %s", path, ", ".join(sorted(dropped)))
+    yield from convert_each(path, items, lambda item, index, dropped: convert_preference(
+        item, fmt, path.name, index, dropped), on_reject)
 
 
 def read_preference_file(path: str | Path, fmt_name: str = "auto") -> list[Preference]:
@@ -122,45 +104,20 @@ def read_preference_file(path: str | Path, fmt_name: str = "auto") -> list[Prefe
     return out
 
 
-def _key(record: dict) -> bytes:
-    parts = {k: record.get(k) for k in ("messages", "chosen", "rejected", "completion", "label")}
-    return hashlib.blake2b(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode(), digest_size=16).digest()
-
-
 def convert_preference_files(cfg: ConvertConfig, paths: list[Path], rej_path: Path | None = None) -> dict:
     """What ``convert_files`` returns, for preference inputs (plus ``kind: preference``); ``rej_path``:
     the rejects file (``convert_files`` has checked it), by default ``OUT.rejects.jsonl`` with ``skip``."""
-    from instructglm.convert.convert import MAX_LOGGED_REJECTS, rejects_path
+    from instructglm.convert.convert import rejects_path
+    from instructglm.convert.writing import write_converted
 
     if rej_path is None and cfg.on_error == "skip":
         rej_path = rejects_path(cfg.output)
-    counts = Counter(records=0, converted=0, rejected=0, duplicates=0)
-    files, formats, seen = {}, {}, set()
-    with atomic_file(cfg.output) as out, (atomic_file(rej_path) if rej_path else nullcontext()) as rej:
 
-        def on_reject(r: Rejected) -> None:
-            counts["rejected"] += 1
-            if counts["rejected"] <= MAX_LOGGED_REJECTS:
-                log.warning("rejected %s", r.message())
-            rej.write(r.to_json() + "\n")
+    def records_of(path: Path, on_reject):
+        fmt, items = open_mapped(path, cfg)
+        if fmt is None:
+            raise UserError(f"{where(path)}: not preference data")
+        return fmt.name, (pref.to_json() for pref in iter_preferences(path, fmt, items, on_reject))
 
-        for path in paths:
-            fmt, items = open_mapped(path, cfg)
-            if fmt is None:
-                raise UserError(f"{where(path)}: not preference data")
-            formats[str(path)] = fmt.name
-            converted = 0
-            for pref in iter_preferences(path, fmt, items, on_reject if rej else None):
-                converted += 1
-                record = pref.to_json()
-                if cfg.dedup:
-                    if (key := _key(record)) in seen:
-                        counts["duplicates"] += 1
-                        continue
-                    seen.add(key)
-                out.write(dumps(record) + "\n")
-                counts["records"] += 1
-            files[str(path)] = converted
-            counts["converted"] += converted
-    return {**counts, "files": files, "formats": formats, "output": cfg.output,
-            "rejects": str(rej_path) if rej_path else None, "kind": "preference"}
+    fields = ("messages", "chosen", "rejected", "completion", "label") if cfg.dedup else None
+    return {**write_converted(cfg.output, paths, rej_path, records_of, fields), "kind": "preference"}

@@ -136,17 +136,18 @@ def _check_unicode(texts: list) -> None:
                                   f"which is not valid Unicode") from None
 
 
-def convert_items(path: Path, fmt: DatasetFormat, items: Iterable[tuple[int, Any]],
-                  on_reject: Callable[[Rejected], None] | None, reply: bool = True) -> Iterator[Conversation]:
-    """A conversation for every good item; each bad one goes to ``on_reject`` (or, when that is
-    ``None``, raises UserError with ``FILE:LINE``)."""
+def convert_each(path: Path, items: Iterable[tuple[int, Any]], convert_one: Callable[[Any, int, set], Any],
+                 on_reject: Callable[[Rejected], None] | None) -> Iterator[Any]:
+    """``convert_one(item, index, dropped)`` for every good item of ``path`` (SFT conversations and
+    preference records alike); each bad one goes to ``on_reject`` (or, when that is ``None``, raises
+    UserError with ``FILE:LINE``). ``dropped`` collects metadata keys left out, logged once at the end."""
     dropped: set[str] = set()
     for index, (line, item) in enumerate(items):
         try:
             if isinstance(item, BadInput):
                 rejected = Rejected(str(path), line, item.reason, item.raw)
             else:
-                yield convert_record(item, fmt, path.name, index, dropped, reply)
+                yield convert_one(item, index, dropped)
                 continue
         except RecordError as e:
             rejected = Rejected(str(path), line, str(e), item)
@@ -155,6 +156,14 @@ def convert_items(path: Path, fmt: DatasetFormat, items: Iterable[tuple[int, Any
         on_reject(rejected)
     if dropped:
         log.info("%s: dropped non-scalar metadata keys: %s", path, ", ".join(sorted(dropped)))
+
+
+def convert_items(path: Path, fmt: DatasetFormat, items: Iterable[tuple[int, Any]],
+                  on_reject: Callable[[Rejected], None] | None, reply: bool = True) -> Iterator[Conversation]:
+    """A conversation for every good item; each bad one goes to ``on_reject`` (or, when that is
+    ``None``, raises UserError with ``FILE:LINE``)."""
+    yield from convert_each(path, items, lambda item, index, dropped: convert_record(
+        item, fmt, path.name, index, dropped, reply), on_reject)
 
 
 def read_conversations(path: str | Path, fmt_name: str = "auto", limit: int | None = None,
