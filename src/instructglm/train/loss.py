@@ -33,6 +33,46 @@ def causal_lm(model):
             return model
 
 
+def head_buffers(rows: int, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two fp32 ``[rows, vocab]`` buffers (logits, log-probs) every chunk of one call reuses: fresh
+    ones per chunk would be paged in anew each time, and every out-of-place step would add another."""
+    logits = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=weight.device)
+    return logits, torch.empty_like(logits)
+
+
+def direct_head(hidden, weight, bias) -> bool:
+    """Whether the head's matmuls can write straight into the fp32 buffers (all fp32, no autocast)."""
+    return (hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and not torch.is_autocast_enabled(hidden.device.type))
+
+
+def chunk_log_softmax_(h, weight, bias, softcap, scale, logits, logp, direct: bool) -> None:
+    """One chunk of the head, in place: ``logits`` <- ``softcap(scale * (h W^T + b))``, ``logp`` <- its
+    log-softmax (one fused pass; logsumexp is several, on CPU)."""
+    if direct:
+        torch.addmm(bias, h, weight.t(), out=logits) if bias is not None else torch.mm(h, weight.t(), out=logits)
+    else:  # low precision or autocast: the matmul in its own dtype, the softmax in fp32
+        logits.copy_(F.linear(h, weight, bias))
+    if scale is not None:
+        logits.mul_(scale)
+    if softcap is not None:
+        logits.div_(softcap).tanh_().mul_(softcap)
+    torch.log_softmax(logits, dim=-1, out=logp)
+
+
+def cross_entropy_grad_(logp, logits, targets, softcap, scale) -> torch.Tensor:
+    """``d cross_entropy / d (pre-cap, pre-scale) logits`` of a chunk from :func:`chunk_log_softmax_`,
+    made in place in ``logp`` (``logits`` is overwritten too). The gradient of a target's log-prob is
+    its negation, exactly."""
+    g = logp.exp_()  # the softmax: d loss / d (capped) logits, once 1 is taken off at the target
+    g[torch.arange(len(targets), device=g.device), targets] -= 1
+    if softcap is not None:  # d (c tanh(x / c)) / dx = 1 - tanh^2, from the capped logits
+        g.mul_(logits.div_(softcap).square_().neg_().add_(1))
+    if scale is not None:
+        g.mul_(scale)
+    return g
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """Sum over rows of ``cross_entropy(head(hidden), targets)``, with ``head(h) = softcap(scale * (h W^T + b))``,
     worked through in chunks of rows with the gradients computed in the same pass.
@@ -53,33 +93,16 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # Two chunk-sized buffers for the whole call: fresh ones per chunk would be paged in anew each time.
-        rows = min(chunk_size, hidden.shape[0])
-        logits_buf = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=hidden.device)
-        logp_buf = torch.empty_like(logits_buf)
-        direct = (hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-                  and not torch.is_autocast_enabled(hidden.device.type))
+        buffers = head_buffers(min(chunk_size, hidden.shape[0]), weight)
+        direct = direct_head(hidden, weight, bias)
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-            logits, logp = logits_buf[:len(t)], logp_buf[:len(t)]
-            if direct:
-                torch.addmm(bias, h, weight.t(), out=logits) if bias is not None else torch.mm(h, weight.t(), out=logits)
-            else:  # low precision or autocast: the matmul in its own dtype, the softmax in fp32
-                logits.copy_(F.linear(h, weight, bias))
-            if scale is not None:
-                logits.mul_(scale)
-            if softcap is not None:
-                logits.div_(softcap).tanh_().mul_(softcap)
-            torch.log_softmax(logits, dim=-1, out=logp)  # one fused pass (logsumexp is several, on CPU)
+            logits, logp = (b[:len(t)] for b in buffers)
+            chunk_log_softmax_(h, weight, bias, softcap, scale, logits, logp, direct)
             total -= logp.gather(1, t[:, None]).sum()
             if not (need_h or need_w or need_b):
                 continue
-            g = logp.exp_()  # the softmax: d loss / d (capped) logits, once 1 is taken off at the target
-            g[torch.arange(len(t), device=g.device), t] -= 1
-            if softcap is not None:  # d (c tanh(x / c)) / dx = 1 - tanh^2, from the capped logits
-                g.mul_(logits.div_(softcap).square_().neg_().add_(1))
-            if scale is not None:
-                g.mul_(scale)
+            g = cross_entropy_grad_(logp, logits, t, softcap, scale)
             if need_b:
                 grad_b += g.sum(0)
             g = g.to(weight.dtype)

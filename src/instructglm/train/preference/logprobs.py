@@ -12,10 +12,10 @@ gradient per token is computed in the same pass and only scaled in ``backward``;
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from instructglm.constants import IGNORE_INDEX
-from instructglm.train.loss import causal_lm, head_chunk_rows
+from instructglm.train.loss import (causal_lm, chunk_log_softmax_, cross_entropy_grad_, direct_head, head_buffers,
+                                    head_chunk_rows)
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -25,38 +25,16 @@ def chunk_rows(vocab_size: int) -> int:
     return max(32, head_chunk_rows(vocab_size) // 2)
 
 
-def _buffers(rows: int, weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two fp32 ``[rows, vocab]`` buffers (logits, log-probs) every chunk of a call reuses: fresh ones
-    per chunk would be paged in anew each time, and every out-of-place step would add another."""
-    logits = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=weight.device)
-    return logits, torch.empty_like(logits)
-
-
 def _chunk(h, weight, bias, t, softcap, scale, buffers, grad: bool = True):
-    """``(log-probs of the targets, d logp / d (pre-cap logits) or None without grad)`` of one chunk of
-    rows, worked in place in ``buffers`` (the gradient is a view of the second, valid until the next chunk)."""
+    """``(log-probs of the targets, d cross-entropy / d (pre-cap) logits or None without grad)`` of one
+    chunk of rows, worked in place in ``buffers`` (the gradient is a view of the second, valid until the
+    next chunk). The gradient of the log-probs is its negation: callers negate the (smaller) products."""
     logits, logp = (b[:len(t)] for b in buffers)
-    direct = (h.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-              and not torch.is_autocast_enabled(h.device.type))
-    if direct:
-        torch.addmm(bias, h, weight.t(), out=logits) if bias is not None else torch.mm(h, weight.t(), out=logits)
-    else:  # low precision or autocast: the matmul in its own dtype, the softmax in fp32
-        logits.copy_(F.linear(h, weight, bias))
-    if scale is not None:
-        logits.mul_(scale)
-    if softcap is not None:
-        logits.div_(softcap).tanh_().mul_(softcap)
-    torch.log_softmax(logits, dim=-1, out=logp)
+    chunk_log_softmax_(h, weight, bias, softcap, scale, logits, logp, direct_head(h, weight, bias))
     target_logp = logp.gather(1, t[:, None])[:, 0]
     if not grad:  # the reference pass, eval: the log-probs are all that is wanted
         return target_logp, None
-    g = logp.exp_().neg_()  # d logp_t / d capped = onehot - softmax
-    g[torch.arange(len(t), device=g.device), t] += 1
-    if softcap is not None:  # d (c tanh(x / c)) / dx = 1 - tanh^2, from the capped logits
-        g.mul_(logits.div_(softcap).square_().neg_().add_(1))
-    if scale is not None:
-        g.mul_(scale)
-    return target_logp, g
+    return target_logp, cross_entropy_grad_(logp, logits, t, softcap, scale)
 
 
 class TokenLogProbs(torch.autograd.Function):
@@ -67,12 +45,12 @@ class TokenLogProbs(torch.autograd.Function):
         need_h = ctx.needs_input_grad[0]
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        buffers = _buffers(min(chunk_size, hidden.shape[0]), weight)
+        buffers = head_buffers(min(chunk_size, hidden.shape[0]), weight)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             out[rows], g = _chunk(hidden[rows], weight, bias, targets[rows], softcap, scale, buffers, need_h)
-            if need_h:
-                grad_h[rows] = g.to(weight.dtype) @ weight
+            if need_h:  # d logp / d h: the cross-entropy's, negated
+                grad_h[rows] = (g.to(weight.dtype) @ weight).neg_()
         ctx.args = (softcap, scale, chunk_size)
         ctx.save_for_backward(grad_h, hidden, weight, bias, targets)
         return out
@@ -87,12 +65,12 @@ class TokenLogProbs(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         if need_w or need_b:  # the chunk's logits again: the weight gradient needs the per-token scales
-            buffers = _buffers(min(chunk_size, hidden.shape[0]), weight)
+            buffers = head_buffers(min(chunk_size, hidden.shape[0]), weight)
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 h = hidden[rows]
                 _, g = _chunk(h, weight, bias, targets[rows], softcap, scale, buffers)
-                g.mul_(grad_out[rows, None].float())
+                g.mul_(grad_out[rows, None].float().neg())  # d logp = -(d cross-entropy)
                 if need_w:
                     grad_w += g.t() @ h.float()
                 if need_b:
