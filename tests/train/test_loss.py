@@ -101,3 +101,73 @@ def test_linear_cross_entropy_frozen_head_low_precision_and_no_grad():
         again = LinearCrossEntropy.apply(h, w, None, t, None, None, 4)
     assert not again.requires_grad
     torch.testing.assert_close(again, total)
+
+
+def _bf16_case(seed, rows=13, hidden=16, vocab=300, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    h = (torch.randn(rows, hidden, generator=g) * spread).bfloat16()
+    w = torch.randn(vocab, hidden, generator=g).bfloat16()
+    b = torch.randn(vocab, generator=g).bfloat16()
+    t = torch.randint(0, vocab, (rows,), generator=g)
+    return h, w, b, t
+
+
+def _float64_reference(h, w, b, t):
+    """Cross-entropy of the bf16-rounded logits (what any bf16 head computes), in float64."""
+    leaves = [x.detach().double().requires_grad_() for x in (h, w) + (() if b is None else (b,))]
+    logits = torch.nn.functional.linear(*leaves[:2], leaves[2] if b is not None else None)
+    logits = logits + (logits.detach().to(h.dtype).double() - logits.detach())  # bf16 rounding, identity gradient
+    loss = torch.nn.functional.cross_entropy(logits, t, reduction="sum")
+    loss.backward()
+    return loss, [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("with_bias,train_head", [(False, False), (True, True)])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_head_softmax_path_matches_float64(with_bias, train_head, autocast):
+    """The bf16 head (softmax straight from bf16 logits, ``bf16_chunk_``): loss within 2^-9 per token of
+    the float64 cross-entropy of the same bf16 logits, gradients within bf16 rounding; under a bf16
+    autocast too, with fp32 inputs (trainable head weight and bias: full fine-tuning)."""
+    from instructglm.train.loss import LinearCrossEntropy, bf16_head
+
+    h, w, b, t = _bf16_case(3)
+    b = b if with_bias else None
+    expected, grads = _float64_reference(h, w, b, t)
+    dtype = torch.float32 if autocast else torch.bfloat16
+    mine = [x.to(dtype).requires_grad_(i == 0 or train_head) for i, x in enumerate((h, w) + ((b,) if with_bias else ()))]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        assert bf16_head(mine[0], mine[1], None, None)
+        total = LinearCrossEntropy.apply(*mine[:2], mine[2] if with_bias else None, t, None, None, 5)
+    (total * 0.5).backward()
+    assert abs(total.item() - expected.item()) < 2**-9 * len(t) * 4
+    for mine_x, ref in zip(mine, grads):
+        if mine_x.requires_grad:
+            assert mine_x.grad.dtype == mine_x.dtype
+            torch.testing.assert_close(mine_x.grad.double(), ref * 0.5, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
+
+
+def test_bf16_head_target_too_improbable_for_bf16_keeps_its_loss():
+    """A target whose probability is below bf16's range (a logit gap of hundreds) still gets its exact
+    loss from the logits rather than -log(0) = inf."""
+    from instructglm.train.loss import LinearCrossEntropy
+
+    h, w, _, t = _bf16_case(4, rows=6, spread=60.0)  # logits in the hundreds: most targets are hopeless
+    expected, (grad_h, _) = _float64_reference(h, w, None, t)
+    assert expected.item() > 500
+    x = h.clone().requires_grad_()
+    total = LinearCrossEntropy.apply(x, w, None, t, None, None, 4)
+    total.backward()
+    assert torch.isfinite(total)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-2)
+    torch.testing.assert_close(x.grad.double(), grad_h, rtol=2e-2, atol=2e-2 * float(grad_h.abs().max()))
+
+
+def test_capped_or_scaled_bf16_head_keeps_the_fp32_softmax():
+    from instructglm.train.loss import bf16_head
+
+    h, w, _, _ = _bf16_case(5)
+    assert bf16_head(h, w, None, None)
+    assert not bf16_head(h, w, 30.0, None) and not bf16_head(h, w, None, 0.5)
+    assert not bf16_head(h.float(), w.float(), None, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bf16_head(h.float(), w.float(), None, None)

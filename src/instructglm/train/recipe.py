@@ -154,17 +154,23 @@ class SFTRecipe:
 
         from instructglm.train.kernels import apply_liger
         from instructglm.train.model import load_base, numel
+        from instructglm.train.norms import fuse_rms_norms
         from instructglm.train.vocab import extend_model
 
         cfg = self.cfg
         set_seed(cfg.seed)
         base = load_base(self.model_path, self.dtype, cfg.load_in, cfg.trust_remote_code)
         extend_model(base, self.base_tokenizer, self.tokenizer)  # --tokenizer / --add-tokens: resized, marked
-        apply_liger(base, cfg.performance.liger)
+        if not apply_liger(base, cfg.performance.liger):  # Liger has its own RMSNorm kernel
+            fuse_rms_norms(base)  # one autograd node per RMSNorm in bf16; fp32 keeps the model's own forward
         if cfg.performance.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under PEFT
         self.model = self.method.apply(base, cfg.method_options)
+        if cfg.method == "lora" and not (self.backend.fsdp or self.backend.deepspeed):
+            from instructglm.train.methods.lora.fused import fuse_lora_layers
+
+            fuse_lora_layers(self.model)  # one autograd node per adapted linear in bf16; fp32 keeps PEFT's forward
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self.backend.deepspeed:  # DeepSpeed keeps its own fp32 master copy (ZeRO-3 partitioned the weights)
             for p in self.trainable:
