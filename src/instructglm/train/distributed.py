@@ -144,6 +144,15 @@ class DistributedBackend:
         else:
             self.accelerator.backward(loss)
 
+    def global_sum(self, value: float) -> float:
+        """``value`` summed over all processes."""
+        import torch
+
+        if self.world == 1:
+            return value
+        device = self.accelerator.device
+        return float(self.accelerator.reduce(torch.tensor([float(value)], device=device), "sum")[0])
+
     def grad_norm(self, max_norm: float) -> float:
         """The gradient norm over all shards; clips to ``max_norm`` when > 0 (DeepSpeed has clipped already)."""
         if self.deepspeed:

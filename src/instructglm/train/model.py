@@ -141,3 +141,11 @@ def gpu_peak_flops() -> float:
         if key in name:
             return peak
     return 312e12
+
+
+def gpu_record(tokens_per_s: float, flops_per_token: float) -> dict:
+    """The log line's GPU values: MFU of one GPU's ``tokens_per_s`` against its dense bf16 peak, and peak memory."""
+    import torch
+
+    return {"mfu": round(tokens_per_s * flops_per_token / gpu_peak_flops(), 4),
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}

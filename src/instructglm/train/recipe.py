@@ -261,7 +261,7 @@ class SFTRecipe:
             grad_norm = self._optimizer_step()
             self.state.step += 1
             seconds = time.perf_counter() - started
-            self.window.add(loss_sum, tokens, self._global_sum(sum(int(b["attention_mask"].sum()) for b in micro)),
+            self.window.add(loss_sum, tokens, self.backend.global_sum(sum(int(b["attention_mask"].sum()) for b in micro)),
                             seconds)
             self.bar.update(1)
             self._maybe_log(grad_norm)
@@ -282,29 +282,44 @@ class SFTRecipe:
         return micro
 
     def _loss_step(self, micro: list[dict]) -> tuple[float, int]:
-        """Forward and backward over the step's micro-batches; (loss sum, trained tokens) over all processes.
+        """Forward and backward over the step's micro-batches; (loss sum, units) over all processes.
 
-        Token-weighted over the whole step on all processes: each process scales its loss sum by
-        world / global tokens, and DDP's gradient averaging divides by world again."""
+        Weighted by units (trained tokens; the preference stages: pairs) over the whole step on all
+        processes: each process scales its loss sum by world / global units, and DDP's gradient
+        averaging divides by world again."""
         import torch
 
         step = self.state.step + 1
-        tokens = self._global_sum(sum(data.trained_tokens(b) for b in micro))
+        units = self.backend.global_sum(sum(self._units(b) for b in micro))
         step_loss = 0.0
         try:
             for i, batch in enumerate(micro):
                 batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
                 with self.accelerator.autocast():
-                    loss_sum, _ = self.loss_fn(**batch)
-                self.backend.backward(loss_sum * self.world / max(tokens, 1), last=i == len(micro) - 1)
+                    loss_sum = self._micro_loss(batch)
+                self.backend.backward(loss_sum * self.world / max(units, 1), last=i == len(micro) - 1)
                 step_loss += float(loss_sum.detach())
         except torch.OutOfMemoryError as e:
             raise UserError(out_of_memory_message(self.cfg, step, e)) from None
-        step_loss = self._global_sum(step_loss)
+        self._after_backward()
+        step_loss = self.backend.global_sum(step_loss)
         if not math.isfinite(step_loss) and self.cfg.checkpoints.stop_on_nan:
-            raise UserError(f"step {step}: the loss is {step_loss} (not finite); lower the learning rate, "
+            raise UserError(f"step {step}: the loss is {step_loss} (not finite); {self.NAN_ADVICE}, "
                             f"check the data, or resume from the last checkpoint in {self.output_dir}")
-        return step_loss, tokens
+        return step_loss, units
+
+    # A subclass's hooks (train/preference/): what the loss is averaged over, a micro-batch's loss sum,
+    # what follows the backward passes, the advice on a non-finite loss.
+    NAN_ADVICE = "lower the learning rate"
+
+    def _units(self, batch: dict) -> int:
+        return data.trained_tokens(batch)
+
+    def _micro_loss(self, batch: dict):
+        return self.loss_fn(**batch)[0]
+
+    def _after_backward(self) -> None:
+        pass
 
     def _optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the gradient norm before clipping."""
@@ -324,10 +339,8 @@ class SFTRecipe:
                   "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                   "tokens_per_s": self.window.tokens_per_s}
         if torch.cuda.is_available():  # throughput against the GPU's dense bf16 peak, and memory
-            from instructglm.train.model import gpu_peak_flops
-
-            record["mfu"] = round(record["tokens_per_s"] * self.flops_per_token / self.world / gpu_peak_flops(), 4)
-            record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            from instructglm.train.model import gpu_record
+            record.update(gpu_record(record["tokens_per_s"] / self.world, self.flops_per_token))
         record.update(self._log_extras())
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
@@ -357,19 +370,11 @@ class SFTRecipe:
 
     def _stop_requested(self) -> bool:
         """SIGTERM/SIGINT on any process: save (unless this step just did), then stop."""
-        if self.state.step >= self.plan.total_steps or not self.stop.requested(self._global_sum):
+        if self.state.step >= self.plan.total_steps or not self.stop.requested(self.backend.global_sum):
             return False
         if not self._checkpoint_due():
             self.save_checkpoint()
         return True
-
-    def _global_sum(self, value: float) -> float:
-        import torch
-
-        if self.world == 1:
-            return value
-        device = self.accelerator.device
-        return float(self.accelerator.reduce(torch.tensor([float(value)], device=device), "sum")[0])
 
     # ------------------------------------------------------------------ evaluation, saving, the end
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 from dataclasses import dataclass, field
 
 from instructglm.errors import UserError
 from instructglm.train.preference.collate import PAIR, collate_sequences, sequence_count
 from instructglm.train.preference.options import REFERENCE_FREE
-from instructglm.train.recipe import SFTRecipe, out_of_memory_message
+from instructglm.train.recipe import SFTRecipe
 
 log = logging.getLogger(__name__)
 
@@ -166,35 +165,19 @@ class PreferenceRecipe(SFTRecipe):
     def _units(self, batch: dict) -> int:
         return sequence_count(batch) // (1 if self.kto else 2)
 
-    def _loss_step(self, micro: list[dict]) -> tuple[float, int]:
-        """Forward and backward of the step's micro-batches; (loss sum, pairs or completions) over all
-        processes. Pair-weighted over the whole step, as SFT is token-weighted."""
-        import torch
+    NAN_ADVICE = "lower the learning rate or beta"
 
-        step = self.state.step + 1
-        units = self._global_sum(sum(self._units(b) for b in micro))
-        step_loss = 0.0
-        try:
-            for i, batch in enumerate(micro):
-                batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-                with self.accelerator.autocast():
-                    out = self.loss_fn(**batch)
-                loss_sum = out["losses"].sum()
-                self.backend.backward(loss_sum * self.world / max(units, 1), last=i == len(micro) - 1)
-                step_loss += float(loss_sum.detach())
-                self.metrics.add(out)
-        except torch.OutOfMemoryError as e:
-            raise UserError(out_of_memory_message(self.cfg, step, e)) from None
+    def _micro_loss(self, batch: dict):
+        out = self.loss_fn(**batch)
+        self.metrics.add(out)
+        return out["losses"].sum()
+
+    def _after_backward(self) -> None:
         release_free_memory()
-        step_loss = self._global_sum(step_loss)
-        if not math.isfinite(step_loss) and self.cfg.checkpoints.stop_on_nan:
-            raise UserError(f"step {step}: the loss is {step_loss} (not finite); lower the learning rate or beta, "
-                            f"check the data, or resume from the last checkpoint in {self.output_dir}")
-        return step_loss, units
 
     def _log_extras(self) -> dict:
         """The preference metrics of the log line (means since the last one)."""
-        extras = {k: round(v, 6) for k, v in self.metrics.means(self._global_sum).items()}
+        extras = {k: round(v, 6) for k, v in self.metrics.means(self.backend.global_sum).items()}
         self.metrics = MetricWindow()
         return extras
 
