@@ -171,3 +171,26 @@ def test_capped_or_scaled_bf16_head_keeps_the_fp32_softmax():
     assert not bf16_head(h.float(), w.float(), None, None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert bf16_head(h.float(), w.float(), None, None)
+
+
+def test_bf16_head_keeps_the_gradient_of_a_confident_target():
+    """Targets the model already predicts with p between 0.999 and 0.9999: bf16 rounds such a p to 1, so
+    ``p - 1`` taken from it would be 0 while the other entries keep theirs. The target's entry must
+    stay ``-(1 - p)``."""
+    from instructglm.train.loss import LinearCrossEntropy
+
+    vocab = 64
+    w = torch.eye(vocab).bfloat16()  # logits = hidden states
+    t = torch.tensor([3, 17, 40, 63])
+    p_wanted = torch.tensor([0.999, 0.9995, 0.9998, 0.9999], dtype=torch.float64)
+    margin = torch.log(p_wanted * (vocab - 1) / (1 - p_wanted))  # target logit over the others' 0
+    h = torch.zeros(len(t), vocab)
+    h[torch.arange(len(t)), t] = margin.float()
+    h = h.bfloat16()
+    expected, (grad_h, _) = _float64_reference(h, w, None, t)
+    assert (grad_h[torch.arange(len(t)), t] < -5e-5).all()  # what a rounded p_t = 1 would zero
+    x = h.clone().requires_grad_()
+    total = LinearCrossEntropy.apply(x, w, None, t, None, None, 3)
+    total.backward()
+    assert total.item() == pytest.approx(expected.item(), rel=1e-2)
+    torch.testing.assert_close(x.grad.double(), grad_h, rtol=2e-2, atol=1e-7)

@@ -86,25 +86,31 @@ def bf16_chunk_(h, weight, bias, targets, logits, probs) -> torch.Tensor:
     in ``probs`` (bf16; ``logits`` holds the chunk's logits).
 
     Why not :func:`chunk_log_softmax_`: its fp32 log-softmax, exp and cast back each stream the whole
-    ``[rows, vocab]`` chunk through memory in fp32, about 40 bytes per logit; here it is 8 (the matmul
-    writes bf16 logits, one fused softmax reads them and writes bf16, the gradient matmul reads that).
-    The gradient is what the fp32 way gives once cast to bf16 for its matmul; a target's loss comes
-    from its bf16 probability, within 2^-9 relative (0.002 nats), below the bf16 logits' own error,
-    and exactly from the logits for the rare target too improbable for bf16 to hold."""
+    ``[rows, vocab]`` chunk through memory in fp32, about 40 bytes per logit; here it is about 10 (the
+    matmul writes bf16 logits, one fused softmax reads them and writes bf16, one matrix-vector product
+    and the gradient matmul read that). The target's entry ``p_t - 1`` is not taken from the bf16
+    ``p_t``: near 1, bf16 holds p_t only to 2^-9, so a confident target's gradient would round to 0
+    (or double) while the other entries keep theirs, a bias that grows as training succeeds. It is
+    ``-(sum of the other probabilities)``, summed in fp32 by that matrix-vector product, exact to
+    bf16's relative precision however small. The loss is ``-log p_t`` (``-log1p(-others)`` when the
+    target is likely), within 2^-9 relative, below the bf16 logits' own error; and exactly from the
+    logits for the rare target too improbable for bf16 to hold."""
     with torch.autocast(h.device.type, enabled=False):  # ``out=`` matmuls: the casts are done by the caller
         if bias is None:
             torch.mm(h, weight.t(), out=logits)
         else:
             torch.addmm(bias, h, weight.t(), out=logits)
-    torch.softmax(logits, dim=-1, out=probs)
-    rows = torch.arange(len(targets), device=h.device)
-    p = probs[rows, targets].float()
-    loss = -p.log()
+        torch.softmax(logits, dim=-1, out=probs)
+        rows = torch.arange(len(targets), device=h.device)
+        p = probs[rows, targets].float()
+        probs[rows, targets] = 0
+        others = (probs @ torch.ones((probs.shape[1], 1), dtype=probs.dtype, device=probs.device))[:, 0].float()
+    loss = torch.where(p < 0.5, -p.log(), -torch.log1p(-others.clamp(max=1)))
     lost = p < 1e-37  # below bf16's normal range: the log-sum-exp of this row's logits, in fp32
     if bool(lost.any()):
         r = rows[lost]
         loss[lost] = torch.logsumexp(logits[r].float(), dim=-1) - logits[r, targets[r]].float()
-    probs[rows, targets] -= 1
+    probs[rows, targets] = (-others).to(probs.dtype)
     return loss.sum()
 
 
