@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from instructglm.train.norms import _KNOWN, fuse_rms_norms, known_norm_classes
+from instructglm.train.norms import _KNOWN, fuse_rms_norms, known_formula
 
 DIM = 64
 
@@ -47,8 +47,11 @@ def _inputs(dtype):
 
 
 def test_every_known_class_is_found():
-    assert set(known_norm_classes().values()) == {"gemma", "llama"}
-    assert {_norm_class(arch) for arch in _KNOWN} == set(known_norm_classes())
+    assert {formula for _, formula in _KNOWN.values()} == {"gemma", "llama"}
+    for arch, (_, formula) in _KNOWN.items():  # each class exists in this transformers and is recognised
+        assert known_formula(_norm_class(arch)(DIM)) == formula
+    subclass = type("MyNorm", (_norm_class("llama"),), {})
+    assert known_formula(subclass(DIM)) is None
 
 
 @pytest.mark.parametrize("trainable", [False, True], ids=["frozen", "trainable"])

@@ -25,7 +25,6 @@ recorded-loss tests, exact to 1e-6) are untouched.
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import torch
@@ -45,17 +44,14 @@ _KNOWN = {
 }
 
 
-def known_norm_classes() -> dict[type, str]:
-    """``class -> formula`` for the RMSNorm classes of ``_KNOWN`` this transformers version has."""
-    classes = {}
+def known_formula(module) -> str | None:
+    """The formula of ``module`` when its class is exactly one of ``_KNOWN`` (matched by module path and
+    class name, so none of the ten transformers modeling modules is imported only to compare), else None."""
+    cls = type(module)
     for arch, (name, formula) in _KNOWN.items():
-        try:
-            module = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
-        except ImportError:
-            continue
-        if (cls := getattr(module, name, None)) is not None:
-            classes[cls] = formula
-    return classes
+        if cls.__name__ == name and cls.__module__ == f"transformers.models.{arch}.modeling_{arch}":
+            return formula
+    return None
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -141,11 +137,10 @@ def fuse_rms_norms(model) -> int:
     """Route the forward of every RMSNorm of a known class in ``model`` through :func:`rms_norm_forward`;
     the number of modules so routed (calling it again changes nothing). Subclasses, unknown classes and
     modules whose forward something else already replaced keep theirs."""
-    classes = known_norm_classes()
     holds: dict[type, bool | None] = {}
     count = 0
     for module in model.modules():
-        formula = classes.get(type(module))
+        formula = known_formula(module)
         if formula is None or _owned_elsewhere(module):
             continue
         if holds.get(type(module)) is None:  # probed on the first module of each class that can be probed
