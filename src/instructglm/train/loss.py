@@ -33,10 +33,11 @@ def causal_lm(model):
             return model
 
 
-def head_buffers(rows: int, weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two fp32 ``[rows, vocab]`` buffers (logits, log-probs) every chunk of one call reuses: fresh
-    ones per chunk would be paged in anew each time, and every out-of-place step would add another."""
-    logits = torch.empty((rows, weight.shape[0]), dtype=torch.float32, device=weight.device)
+def head_buffers(rows: int, weight, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two ``[rows, vocab]`` buffers (logits, and log-probs or probabilities) every chunk of one call
+    reuses: fresh ones per chunk would be paged in anew each time, and every out-of-place step would add
+    another. fp32, or bf16 for :func:`bf16_chunk_`."""
+    logits = torch.empty((rows, weight.shape[0]), dtype=dtype, device=weight.device)
     return logits, torch.empty_like(logits)
 
 
@@ -134,25 +135,26 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        if bf16_head(hidden, weight, softcap, scale):
-            bf16 = torch.bfloat16
-            grads = LinearCrossEntropy._bf16(hidden.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16),
-                                             targets, chunk_size, total, grad_h, grad_w, grad_b)
-            ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-            ctx.save_for_backward(*grads)
-            return total
-        buffers = head_buffers(min(chunk_size, hidden.shape[0]), weight)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        bf16 = bf16_head(hidden, weight, softcap, scale)
+        if bf16:  # the casts autocast would make per matmul, once: bf16_chunk_'s matmuls write into bf16 buffers
+            hidden, weight = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
+            bias = None if bias is None else bias.to(torch.bfloat16)
+        buffers = head_buffers(min(chunk_size, hidden.shape[0]), weight, torch.bfloat16 if bf16 else torch.float32)
         direct = direct_head(hidden, weight, bias)
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-            logits, logp = (b[:len(t)] for b in buffers)
-            chunk_log_softmax_(h, weight, bias, softcap, scale, logits, logp, direct)
-            total -= logp.gather(1, t[:, None]).sum()
+            logits, second = (b[:len(t)] for b in buffers)
+            if bf16:  # ``second`` becomes d loss / d logits
+                total += bf16_chunk_(h, weight, bias, t, logits, second)
+            else:  # ``second`` holds the log-probs until cross_entropy_grad_ makes it the gradient
+                chunk_log_softmax_(h, weight, bias, softcap, scale, logits, second, direct)
+                total -= second.gather(1, t[:, None]).sum()
             if not (need_h or need_w or need_b):
                 continue
-            g = cross_entropy_grad_(logp, logits, t, softcap, scale)
+            g = second if bf16 else cross_entropy_grad_(second, logits, t, softcap, scale)
             if need_b:
-                grad_b += g.sum(0)
+                grad_b += g.sum(0, dtype=torch.float32)
             g = g.to(weight.dtype)
             if need_h:
                 if direct:
@@ -163,26 +165,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_w.addmm_(g.t(), h)
             elif need_w:
                 grad_w += (g.t() @ h.to(weight.dtype)).float()
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         return total
-
-    @staticmethod
-    def _bf16(hidden, weight, bias, targets, chunk_size, total, grad_h, grad_w, grad_b):
-        """The forward pass's loop for a bf16 head (:func:`bf16_chunk_`); adds to ``total`` and the gradients."""
-        rows = min(chunk_size, hidden.shape[0])
-        buffers = [torch.empty((rows, weight.shape[0]), dtype=weight.dtype, device=weight.device) for _ in range(2)]
-        for start in range(0, hidden.shape[0], chunk_size):
-            h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-            logits, g = (b[:len(t)] for b in buffers)
-            total += bf16_chunk_(h, weight, bias, t, logits, g)
-            if grad_b is not None:
-                grad_b += g.sum(0, dtype=torch.float32)
-            if grad_h is not None:
-                grad_h[start:start + chunk_size] = g @ weight
-            if grad_w is not None:
-                grad_w.add_(g.t() @ h)
-        return grad_h, grad_w, grad_b
 
     @staticmethod
     def backward(ctx, grad_total):
