@@ -261,8 +261,8 @@ class SFTRecipe:
             grad_norm = self._optimizer_step()
             self.state.step += 1
             seconds = time.perf_counter() - started
-            self.window.add(loss_sum, tokens, self.backend.global_sum(sum(int(b["attention_mask"].sum()) for b in micro)),
-                            seconds)
+            seen = self.backend.global_sum(sum(int(b["attention_mask"].sum()) for b in micro))
+            self.window.add(loss_sum, tokens, seen, seconds)
             self.bar.update(1)
             self._maybe_log(grad_norm)
             self._maybe_eval()
