@@ -63,6 +63,8 @@ class DistributedBackend:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+        from instructglm.train.host_memory import keep_freed_blocks
+
         drop_deepspeed_cpu_notice()
 
         kwargs = {"mixed_precision": mixed_precision}
@@ -73,6 +75,8 @@ class DistributedBackend:
             else:
                 kwargs["cpu"] = True  # gloo when launched with several processes
         self.accelerator = Accelerator(**kwargs)
+        if self.accelerator.device.type == "cpu":
+            keep_freed_blocks()  # each step's large tensors reuse the last step's memory (host_memory.py)
         kind = self.accelerator.distributed_type
         self.fsdp = kind == DistributedType.FSDP
         self.deepspeed = kind == DistributedType.DEEPSPEED
