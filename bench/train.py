@@ -170,7 +170,8 @@ def run_hf(args) -> dict:
 
 
 def run_ours(args) -> dict:
-    """The real ``instructglm train`` command line, in this process (so RSS is its own)."""
+    """The real ``instructglm train`` command line, in this process (so RSS is its own), which then ends
+    as the command does (``cli.exit_now``)."""
     from instructglm.cli import main as cli
 
     out = tempfile.mkdtemp()
@@ -195,6 +196,10 @@ def child(args) -> None:
     if torch.cuda.is_available():
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
+    if not args.engine.startswith("hf"):  # the process ends as the ``instructglm`` command's does
+        from instructglm.cli import exit_now
+
+        exit_now(0)
 
 
 def run_engine(engine: str, model: str, data: Path, args, tokens: list[int]) -> dict:

@@ -1,3 +1,3 @@
-from instructglm.cli import main
+from instructglm.cli import run
 
-raise SystemExit(main())
+run()

@@ -293,6 +293,31 @@ def parse_command_line(argv: list[str], parser: argparse.ArgumentParser | None =
     return args
 
 
+def run() -> None:
+    """The ``instructglm`` command: :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """End the process as a normal exit would (other threads joined, ``atexit`` handlers run: logging's
+    flush, temporary directories; the standard streams flushed), minus the interpreter's teardown:
+    unloading torch and transformers and freeing a model's memory object by object takes 0.3-0.8 s
+    after a finished ``train`` that nobody needs."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # what the interpreter runs at exit, before the teardown skipped here
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: as Python's own exit, nothing more to say
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), "")
