@@ -79,18 +79,19 @@ def test_auto_trains_in_bf16_with_fp32_trainable_weights(tmp_path, tokenized, ti
         return base
 
     monkeypatch.setattr(train_model, "load_base", spy_load)
-    from instructglm.train import norms
+    from instructglm.train import attention, norms
     from instructglm.train.methods.lora import fused
 
-    calls = {"lora": 0, "norm": 0}  # the bf16 step goes through the fused LoRA layers and norms
-    for key, fn in (("lora", fused.FusedLoraLinear), ("norm", norms._RMSNormFunction)):
+    calls = {"lora": 0, "norm": 0, "attention": 0}  # the bf16 step: fused LoRA layers and norms, packed attention
+    for key, fn in (("lora", fused.FusedLoraLinear), ("norm", norms._RMSNormFunction),
+                    ("attention", attention.PackedCausalAttention)):
         def counted(*a, _key=key, _apply=fn.apply):
             calls[_key] += 1
             return _apply(*a)
         monkeypatch.setattr(fn, "apply", counted)
     with caplog.at_level(logging.INFO, logger="instructglm.train.model"):
         auto = [r["loss"] for r in train(_cfg(dataset, tmp_path / "auto", model))["logs"]]
-    assert calls["lora"] > 0 and calls["norm"] > 0, calls
+    assert calls["lora"] > 0 and calls["norm"] > 0 and calls["attention"] > 0, calls
     assert "precision auto: bf16 compute (this CPU has avx512_bf16)" in caplog.text
     assert "trainable weights and optimizer state fp32" in caplog.text
     assert seen["base"] == {torch.bfloat16}

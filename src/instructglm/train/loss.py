@@ -187,15 +187,17 @@ def head_chunk_rows(vocab_size: int) -> int:
 
 
 def causal_lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask=None,
-                       position_ids=None, chunk_size: int | None = None) -> tuple[torch.Tensor, int]:
-    """Return ``(sum of token cross-entropies, number of trained tokens)`` for a batch.
+                       position_ids=None, chunk_size: int | None = None, **attention) -> tuple[torch.Tensor, int]:
+    """Return ``(sum of token cross-entropies, number of trained tokens)`` for a batch; ``attention``:
+    keywords for the model's attention function (``train/attention.py``'s examples in packed rows).
 
     Labels are unshifted (as in transformers): position ``t`` predicts ``labels[t + 1]``.
     """
     lm = causal_lm(model)
     backbone = lm.get_decoder()
     head = lm.get_output_embeddings()
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                   **attention)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     shift_labels = labels[:, 1:]
     keep = shift_labels != IGNORE_INDEX
@@ -245,6 +247,7 @@ def batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
 
 
 def _batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
+    from instructglm.train import attention as packed
     from instructglm.train.data import trained_tokens
     from instructglm.train.packing import attention_mask_for
 
@@ -252,12 +255,14 @@ def _batch_loss_sum(model, method, batch: dict) -> tuple[torch.Tensor, int]:
         n = trained_tokens(batch)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return (out.loss * n if n else out.loss * 0.0), n
-    mask, positions = batch["attention_mask"], None
+    mask, positions, attention = batch["attention_mask"], None, {}
     if "segments" in batch:
         lm = causal_lm(model)
         mask = attention_mask_for(lm.config, batch["segments"], next(lm.parameters()).dtype)
         positions = batch["position_ids"]
-    return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions)
+        if getattr(lm.config, "_attn_implementation", None) == packed.NAME:
+            attention[packed.SPANS] = packed.spans_of(batch["segments"])
+    return causal_lm_loss_sum(model, batch["input_ids"], batch["labels"], mask, positions, **attention)
 
 
 class LossForward(torch.nn.Module):

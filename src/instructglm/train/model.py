@@ -93,6 +93,7 @@ def load_base(model_path: str, dtype, load_in: str, trust_remote_code: bool):
     import torch
 
     from instructglm.models.loading import load_model
+    from instructglm.train.attention import use_packed_attention
 
     if dtype is None and load_in == "none":
         dtype = auto_cpu_dtype(model_path)
@@ -100,6 +101,8 @@ def load_base(model_path: str, dtype, load_in: str, trust_remote_code: bool):
         if dtype == torch.bfloat16:  # accelerate's autocast is off on CPU: loss.py opens its own
             setattr(model, AUTOCAST_ATTR, dtype)
             log.info("precision auto: frozen base weights bf16; trainable weights and optimizer state fp32")
+            if use_packed_attention(model):
+                log.info("attention: per example in packed rows, bf16 matrix products (train/attention.py)")
         return model
     if load_in == "none":
         return load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
