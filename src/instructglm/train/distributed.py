@@ -63,20 +63,19 @@ class DistributedBackend:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-        from instructglm.train.host_memory import keep_freed_blocks
+        from instructglm.train.cpu_process import prepare_cpu_process
 
         drop_deepspeed_cpu_notice()
 
         kwargs = {"mixed_precision": mixed_precision}
         if not torch.cuda.is_available():
+            prepare_cpu_process()  # malloc keeps freed memory, denormals flush (train/cpu_process.py)
             if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
                 # accelerate turns DeepSpeed off for cpu=True; naming gloo keeps it on and counts the processes
                 kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
             else:
                 kwargs["cpu"] = True  # gloo when launched with several processes
         self.accelerator = Accelerator(**kwargs)
-        if self.accelerator.device.type == "cpu":
-            keep_freed_blocks()  # each step's large tensors reuse the last step's memory (host_memory.py)
         kind = self.accelerator.distributed_type
         self.fsdp = kind == DistributedType.FSDP
         self.deepspeed = kind == DistributedType.DEEPSPEED
