@@ -108,3 +108,28 @@ def test_model_loss_and_gradients_equal_sdpa_with_the_block_mask(tiny_models, ar
     for name, g in grads.items():
         ref = sdpa_grads[name]
         assert (g - ref).norm() <= 1e-5 * ref.norm(), name  # fp32: only the order of the sums differs
+
+
+def test_calls_it_cannot_serve_go_to_sdpa_unchanged():
+    """Dropout, a logit cap or bidirectional attention: SDPA's forward, with whatever mask it was given."""
+    from types import SimpleNamespace
+
+    from instructglm.train.attention import packed_attention
+
+    torch.manual_seed(2)
+    segments = packed_segments()
+    q, k, v = (torch.randn(3, 2, segments.shape[1], 8) for _ in range(3))
+    mask = _allowed(segments, None)
+    module = SimpleNamespace(num_key_value_groups=1, is_causal=True)
+    spans = spans_of(segments)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    served, _ = packed_attention(module, q, k, v, mask, **{SPANS: spans})
+    examples = (segments >= 0)[:, :, None, None]  # padding: zeros here, itself under SDPA's mask
+    torch.testing.assert_close(served * examples, sdpa * examples)  # same maths, ours
+    bidirectional, _ = packed_attention(SimpleNamespace(num_key_value_groups=1, is_causal=False), q, k, v,
+                                        torch.ones_like(mask), **{SPANS: spans})
+    full = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    assert torch.allclose(bidirectional, full, atol=1e-6)  # the mask it was given, not a causal one
+    torch.manual_seed(0)
+    dropped, _ = packed_attention(module, q, k, v, mask, dropout=0.5, **{SPANS: spans})
+    assert not torch.allclose(dropped, sdpa)  # dropout applied: SDPA's path

@@ -14,7 +14,7 @@ a SmolLM2-135M one (``bench/profile_train.py``; the results files show the step 
 transformers looks the function up by ``config._attn_implementation`` (``AttentionInterface``); the
 examples' places come as the ``packed_spans`` keyword, which every model with ``**kwargs``-passing
 attention hands through to it. Without spans (an unpacked batch, generation) or with attention
-dropout or a logit cap it is SDPA's own forward, unchanged.
+dropout, a logit cap or bidirectional attention it is SDPA's own forward, unchanged.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     spans = kwargs.pop(SPANS, None)
-    if spans is None or dropout or softcap is not None or query.shape[2] != key.shape[2]:
+    causal = kwargs.get("is_causal", getattr(module, "is_causal", True)) is not False  # not an encoder's
+    if spans is None or not causal or dropout or softcap is not None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, sliding_window=sliding_window, softcap=softcap, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
