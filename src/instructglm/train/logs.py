@@ -3,6 +3,7 @@ under ``runs/``, and ``loss.png``. Only the main process writes files."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class TrainingLog:
 
             write_jsonl(self.path, records)  # up to the resume point
             self.writer = SummaryWriter(str(output_dir / "runs"))
+            # matplotlib's import (0.3 s) while the steps run, not after the last one: loss.png then draws at once
+            threading.Thread(target=_import_pyplot, name="import-pyplot", daemon=True).start()
 
     def write(self, record: dict) -> None:
         self.records.append(record)
@@ -72,12 +75,18 @@ class TrainingLog:
             plot_loss(self.path, self.output_dir / LOSS_PLOT)
 
 
-def plot_loss(log_path: Path, png_path: Path) -> None:
-    """Draw the training (and eval) loss from ``trainer_log.jsonl`` into a PNG."""
+def _import_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(log_path: Path, png_path: Path) -> None:
+    """Draw the training (and eval) loss from ``trainer_log.jsonl`` into a PNG."""
+    plt = _import_pyplot()
 
     rows = read_jsonl(log_path)
     train_rows = [r for r in rows if "loss" in r]
