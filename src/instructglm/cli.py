@@ -301,8 +301,8 @@ def run() -> None:
 def exit_now(code: int) -> None:
     """End the process as a normal exit would (other threads joined, ``atexit`` handlers run: logging's
     flush, temporary directories; the standard streams flushed), minus the interpreter's teardown:
-    unloading torch and transformers and freeing a model's memory object by object takes 0.3-0.8 s
-    after a finished ``train`` that nobody needs."""
+    unloading torch and transformers and freeing a model's memory object by object, after a finished
+    ``train``, is work nobody waits for."""
     import atexit
     import threading
 

@@ -49,7 +49,7 @@ class TrainingLog:
 
             write_jsonl(self.path, records)  # up to the resume point
             self.writer = SummaryWriter(str(output_dir / "runs"))
-            # matplotlib's import (0.3 s) while the steps run, not after the last one: loss.png then draws at once
+            # matplotlib's import while the steps run, not after the last one: loss.png then draws at once
             threading.Thread(target=_import_pyplot, name="import-pyplot", daemon=True).start()
 
     def write(self, record: dict) -> None:
