@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from instructglm.train.packing import causal_allowed
+
 NAME = "instructglm_packed"
 SPANS = "packed_spans"  # the keyword the loss passes to the backbone: ((row, start, length), ...)
 
@@ -52,14 +54,6 @@ def _ungrouped(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.reshape(heads, rows * kv // heads, d)
 
 
-def _allowed(n: int, window: int | None, device) -> torch.Tensor:
-    pos = torch.arange(n, device=device)
-    allowed = pos[None, :] <= pos[:, None]
-    if window:
-        allowed &= pos[:, None] - pos[None, :] < window
-    return allowed
-
-
 class PackedCausalAttention(torch.autograd.Function):
     """``softmax(scale q k^T + causal mask) v`` per example; q ``[rows, heads, L, d]``, k and v
     ``[rows, kv_heads, L, d]``; returns ``[rows, L, heads, d]`` (zeros where no example is)."""
@@ -74,7 +68,8 @@ class PackedCausalAttention(torch.autograd.Function):
         for row, start, n in spans:
             qs, ks, vs = (t[row, :, start:start + n] for t in (q, k, v))
             scores = torch.matmul(_grouped(qs, kv), ks.transpose(1, 2)).to(acc).mul_(scale)
-            scores = scores.view(kv, heads // kv, n, n).masked_fill_(~_allowed(n, window, q.device), float("-inf"))
+            hidden = ~causal_allowed(n, window, q.device)
+            scores = scores.view(kv, heads // kv, n, n).masked_fill_(hidden, float("-inf"))
             p = torch.softmax(scores, dim=-1).to(q.dtype).view(kv, -1, n)
             out[row, start:start + n] = _ungrouped(torch.matmul(p, vs), heads).transpose(0, 1)
             probs.append(p)

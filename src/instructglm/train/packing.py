@@ -63,17 +63,24 @@ def collate_packed(columns: dict, pad_id: int, pack_length: int = 512) -> dict:
             "attention_mask": (segments >= 0).long()}
 
 
+def causal_allowed(length: int, window: int | None, device=None):
+    """[L, L] boolean: query i may see key j, j not in the future (and within the sliding window)."""
+    import torch
+
+    pos = torch.arange(length, device=device)
+    allowed = pos[None, :] <= pos[:, None]
+    if window:
+        allowed &= pos[:, None] - pos[None, :] < window
+    return allowed
+
+
 def _allowed(segments, window: int | None):
     """[rows, 1, L, L] boolean: same example and not in the future (and within the window)."""
     import torch
 
     length = segments.shape[1]
-    pos = torch.arange(length, device=segments.device)
-    causal = pos[None, :] <= pos[:, None]
     same = segments[:, :, None] == segments[:, None, :]
-    allowed = same & causal[None] & (segments[:, :, None] >= 0)
-    if window:
-        allowed &= (pos[:, None] - pos[None, :] < window)[None]
+    allowed = same & causal_allowed(length, window, segments.device)[None] & (segments[:, :, None] >= 0)
     allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)[None]  # padding sees itself: no NaN
     return allowed[:, None]
 
